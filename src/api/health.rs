@@ -1,0 +1,69 @@
+//! `GET /health`.
+
+use axum::Json;
+use serde_json::{json, Value};
+
+pub async fn health() -> Json<Value> {
+    Json(json!({"status": "OK"}))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::api::{router, AppState};
+    use crate::services::NoServices;
+    use crate::state::StateDir;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    fn app() -> axum::Router {
+        let state = AppState::new(StateDir::new("/nonexistent"), Arc::new(NoServices));
+        router(state, Duration::from_secs(5))
+    }
+
+    async fn call(method: &str, uri: &str) -> (StatusCode, String) {
+        let resp = app()
+            .oneshot(
+                Request::builder()
+                    .method(method)
+                    .uri(uri)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn health_ok() {
+        assert_eq!(
+            call("GET", "/health").await,
+            (StatusCode::OK, r#"{"status":"OK"}"#.into())
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_method_is_empty_404() {
+        assert_eq!(
+            call("POST", "/health").await,
+            (StatusCode::NOT_FOUND, String::new())
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_are_json_404() {
+        for path in ["/", "/health/", "/cluster/api/v9/join"] {
+            assert_eq!(
+                call("GET", path).await,
+                (StatusCode::NOT_FOUND, r#"{"error":"Not found"}"#.into()),
+                "{path}"
+            );
+        }
+    }
+}

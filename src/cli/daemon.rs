@@ -1,0 +1,129 @@
+//! `cluster-agent daemon` and its MicroK8s spelling `cluster-agent cluster-agent`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{ArgAction, Args};
+
+use crate::daemon::{parse_bind, DaemonConfig, DatastoreMode, MinTls};
+use crate::net::HostIdentity;
+use crate::services::ServiceManagerKind;
+use crate::state::{resolve_state_dir, Environment};
+
+#[derive(Debug, Clone, Args)]
+pub struct DaemonArgs {
+    /// Address of the HTTPS API (IP:PORT, [IPv6]:PORT or :PORT).
+    #[arg(long, default_value = "0.0.0.0:25000", value_parser = parse_bind)]
+    pub bind: std::net::SocketAddr,
+
+    /// TLS private key (default: <state>/certs/server.key).
+    #[arg(long)]
+    pub keyfile: Option<PathBuf>,
+
+    /// TLS certificate chain (default: <state>/certs/server.crt).
+    #[arg(long)]
+    pub certfile: Option<PathBuf>,
+
+    /// Per-request deadline in seconds.
+    #[arg(long, default_value_t = 240, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+
+    /// Serve /metrics (always served; accepted for MicroK8s compatibility).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true")]
+    pub enable_metrics: bool,
+
+    /// Minimum TLS version: tls12 or tls13 (tls10/tls11 are accepted and mean tls12).
+    #[arg(long, default_value = "tls12", value_parser = MinTls::parse)]
+    pub min_tls_version: MinTls,
+
+    /// Accepted for MicroK8s compatibility; launch configurations are not applied yet.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "true", default_missing_value = "true")]
+    pub launch_configurations_enable: bool,
+
+    /// Accepted for MicroK8s compatibility (Go duration syntax).
+    #[arg(long, default_value = "5s", value_parser = crate::goduration::parse_arg)]
+    pub launch_configurations_interval: Duration,
+
+    /// Address of the node's dqlite member (default: <node ip>:19001).
+    #[arg(long, value_parser = parse_bind)]
+    pub dqlite_bind: Option<std::net::SocketAddr>,
+
+    /// Who hosts the dqlite member (default: external inside the snap, embedded elsewhere).
+    #[arg(long, value_enum)]
+    pub datastore: Option<DatastoreMode>,
+
+    /// How services are restarted (default: snap inside the snap, none elsewhere).
+    #[arg(long, value_enum)]
+    pub service_manager: Option<ServiceManagerKind>,
+
+    /// Failure domain of this node (default: args/ha-conf, else 1).
+    #[arg(long)]
+    pub failure_domain: Option<u64>,
+}
+
+impl DaemonArgs {
+    /// Resolves defaults against the environment into a complete configuration.
+    pub fn resolve(&self, state_dir: Option<&Path>, env: &Environment) -> DaemonConfig {
+        let state_dir = resolve_state_dir(state_dir, env);
+        let expand = |p: &PathBuf| {
+            let vars = [
+                ("SNAP_DATA", state_dir.to_string_lossy().into_owned()),
+                (
+                    "SNAP",
+                    env.snap
+                        .as_ref()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                ),
+            ];
+            let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            PathBuf::from(crate::args::expand_snap_vars(&p.to_string_lossy(), &vars))
+        };
+        let in_snap = env.in_snap();
+        DaemonConfig {
+            certfile: self
+                .certfile
+                .as_ref()
+                .map(expand)
+                .unwrap_or_else(|| state_dir.join("certs/server.crt")),
+            keyfile: self
+                .keyfile
+                .as_ref()
+                .map(expand)
+                .unwrap_or_else(|| state_dir.join("certs/server.key")),
+            state_dir,
+            bind: self.bind,
+            request_timeout: Duration::from_secs(self.timeout),
+            min_tls: self.min_tls_version,
+            service_manager: self.service_manager.unwrap_or(if in_snap {
+                ServiceManagerKind::Snap
+            } else {
+                ServiceManagerKind::None
+            }),
+            datastore: self.datastore.unwrap_or(if in_snap {
+                DatastoreMode::External
+            } else {
+                DatastoreMode::Embedded
+            }),
+            failure_domain: self.failure_domain,
+            dqlite_bind: self.dqlite_bind,
+        }
+    }
+}
+
+pub fn run(args: DaemonArgs, state_dir: Option<PathBuf>, env: Environment) -> anyhow::Result<()> {
+    let config = args.resolve(state_dir.as_deref(), &env);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let daemon = crate::daemon::Daemon::start(config, HostIdentity::discover()).await?;
+        daemon.serve(crate::daemon::shutdown_signal()).await;
+        Ok::<(), anyhow::Error>(())
+    })
+}

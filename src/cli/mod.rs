@@ -1,0 +1,74 @@
+//! The command line: one module per subcommand, each with its clap `Args` and a `run`.
+//!
+//! Invariant: [`exit_code`] is the only place that turns an error into a process exit code.
+
+pub mod daemon;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::state::Environment;
+
+/// Exit codes scripts can rely on (also listed in `--help`).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILURE: u8 = 1;
+    pub const USAGE: u8 = 2;
+}
+
+const AFTER_HELP: &str = "Exit codes: 0 success, 1 failure, 2 usage error.\n\
+State directory: --state-dir, else $SNAP_DATA, else /var/snap/microk8s/current if it exists, \
+else /var/lib/cluster-agent.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cluster-agent",
+    version,
+    about = "Node-join agent for MicroK8s-style Kubernetes clusters",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// State directory (defaults: $SNAP_DATA, /var/snap/microk8s/current, /var/lib/cluster-agent).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node daemon: HTTPS API on --bind, control socket, dqlite membership.
+    Daemon(daemon::DaemonArgs),
+    /// The MicroK8s spelling of `daemon` (as run by the snap's run-cluster-agent-with-args).
+    #[command(name = "cluster-agent")]
+    ClusterAgent(daemon::DaemonArgs),
+}
+
+/// An error that carries the exit code a script should see.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli, env: Environment) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Daemon(args) | Command::ClusterAgent(args) => {
+            daemon::run(args, cli.state_dir, env)
+        }
+    }
+}
+
+/// Maps an error to the process exit code.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(f) = cause.downcast_ref::<Failure>() {
+            return f.code;
+        }
+    }
+    exit::FAILURE
+}

@@ -1,0 +1,67 @@
+//! The local control socket (`run/cluster-agent.sock`, mode 0600) the CLI talks to.
+//!
+//! Only root (or the state directory's owner) can reach it: it lives in the private `run/`
+//! directory and is chmod-ed 0600. Requests are plain HTTP/1.1 with JSON bodies.
+
+use std::path::{Path, PathBuf};
+
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixListener;
+
+use crate::api::AppState;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open control socket {path}: {source}")]
+pub struct ControlSocketError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+/// Binds the control socket. The caller holds the state lock, so a leftover socket file is
+/// from a dead daemon and safe to replace.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlSocketError> {
+    let err = |source| ControlSocketError {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+/// What `GET /v3/local/info` answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub version: String,
+    pub pid: u32,
+    pub state_dir: PathBuf,
+    pub bind: String,
+}
+
+#[derive(Clone)]
+struct ControlState {
+    #[allow(dead_code)]
+    app: AppState,
+    info: DaemonInfo,
+}
+
+pub fn router(app: AppState, info: DaemonInfo) -> Router {
+    Router::new()
+        .route("/v3/local/info", get(info_handler))
+        .fallback(crate::api::not_found)
+        .with_state(ControlState { app, info })
+}
+
+async fn info_handler(
+    axum::extract::State(s): axum::extract::State<ControlState>,
+) -> Json<DaemonInfo> {
+    Json(s.info.clone())
+}

@@ -1,0 +1,274 @@
+//! The long-running daemon: resolves and validates all configuration, takes the state lock,
+//! bootstraps the state directory, then serves HTTPS on `--bind` and the control socket until
+//! SIGTERM/SIGINT.
+//!
+//! Invariant: nothing is bound before every input (flags, args files, certificate and key) has
+//! been loaded and validated, so a bad config never leaves a half-started daemon behind.
+
+pub mod control;
+pub mod https;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::bootstrap::{self, BootstrapError, BootstrapOptions};
+use crate::net::HostIdentity;
+use crate::services::{self, ServiceManagerKind};
+use crate::state::{StateDir, StateError, StateLock};
+
+pub use tls::MinTls;
+
+/// How long open connections get to finish after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatastoreMode {
+    /// The daemon hosts the node's dqlite member.
+    Embedded,
+    /// k8s-dqlite hosts it (inside the MicroK8s snap); the daemon is a client.
+    External,
+}
+
+/// Fully resolved daemon configuration.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub state_dir: PathBuf,
+    pub bind: SocketAddr,
+    pub certfile: PathBuf,
+    pub keyfile: PathBuf,
+    pub request_timeout: Duration,
+    pub min_tls: MinTls,
+    pub service_manager: ServiceManagerKind,
+    pub datastore: DatastoreMode,
+    pub failure_domain: Option<u64>,
+    pub dqlite_bind: Option<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    ControlSocket(#[from] control::ControlSocketError),
+}
+
+/// Parses `--bind`: `IP:PORT`, `[IPv6]:PORT`, or Go's `:PORT` (all interfaces).
+pub fn parse_bind(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Some(port) = s.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("invalid port in bind address {s:?}"))?;
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    s.parse()
+        .map_err(|_| format!("invalid bind address {s:?}: expected IP:PORT, [IPv6]:PORT or :PORT"))
+}
+
+/// Everything validated and bound, ready to serve.
+pub struct Daemon {
+    _lock: StateLock,
+    config: DaemonConfig,
+    listener: TcpListener,
+    control: tokio::net::UnixListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: AppState,
+    failure_domain: u64,
+}
+
+impl Daemon {
+    /// Validates, locks, bootstraps and binds. Fails with a message naming the culprit.
+    pub async fn start(config: DaemonConfig, host: HostIdentity) -> Result<Daemon, DaemonError> {
+        let state = StateDir::new(&config.state_dir);
+        state.ensure_layout()?;
+        let lock = state.lock()?;
+        let report = bootstrap::bootstrap(
+            &state,
+            &host,
+            &BootstrapOptions {
+                bind: config.bind,
+                failure_domain: config.failure_domain.unwrap_or(1),
+            },
+        )?;
+        if !report.created.is_empty() {
+            tracing::info!(
+                state_dir = %state.root().display(),
+                created = report.created.len(),
+                "bootstrapped state directory"
+            );
+        }
+        let failure_domain = match config.failure_domain {
+            Some(fd) => fd,
+            None => read_failure_domain(&state)?,
+        };
+        let tls = tls::server_config(&config.certfile, &config.keyfile, config.min_tls)?;
+
+        let listener =
+            TcpListener::bind(config.bind)
+                .await
+                .map_err(|source| DaemonError::Bind {
+                    addr: config.bind,
+                    source,
+                })?;
+        let control = control::bind(&state.layout().control_socket())?;
+        let services =
+            services::manager(config.service_manager, state.layout().marker("lite.lock"));
+        let app = AppState::new(state, services);
+        Ok(Daemon {
+            _lock: lock,
+            config,
+            listener,
+            control,
+            tls,
+            app,
+            failure_domain,
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until `shutdown` resolves; returns once connections are drained (bounded).
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let Daemon {
+            _lock,
+            config,
+            listener,
+            control,
+            tls,
+            app,
+            failure_domain,
+        } = self;
+        tracing::info!(
+            bind = %config.bind,
+            state_dir = %config.state_dir.display(),
+            failure_domain,
+            datastore = ?config.datastore,
+            "starting cluster agent on https://{}",
+            config.bind
+        );
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let info = control::DaemonInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            state_dir: config.state_dir.clone(),
+            bind: config.bind.to_string(),
+        };
+        let control_app = control::router(app.clone(), info);
+        let mut control_stop = stop_rx.clone();
+        let control_task = tokio::spawn(async move {
+            let _ = axum::serve(control, control_app)
+                .with_graceful_shutdown(async move {
+                    let _ = control_stop.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+        let router = api::router(app, config.request_timeout);
+        let mut https_stop = stop_rx;
+        let https_task = tokio::spawn(https::serve(
+            listener,
+            tokio_rustls::TlsAcceptor::from(tls),
+            router,
+            async move {
+                let _ = https_stop.wait_for(|s| *s).await;
+            },
+            SHUTDOWN_GRACE,
+        ));
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            let _ = https_task.await;
+            let _ = control_task.await;
+        })
+        .await;
+        let _ = std::fs::remove_file(config.state_dir.join("run/cluster-agent.sock"));
+        tracing::info!("stopped");
+    }
+}
+
+/// Reads `failure-domain=N` (or `failure-domain N`) from `args/ha-conf`; absent means 1.
+pub fn read_failure_domain(state: &StateDir) -> Result<u64, StateError> {
+    let path = state.layout().args("ha-conf");
+    let Some(text) = state.read_optional(&path)? else {
+        return Ok(1);
+    };
+    let args = crate::args::ArgsFile::parse(&text);
+    match args.get_unquoted("failure-domain") {
+        None => Ok(1),
+        Some(v) => v.parse().map_err(|_| StateError::Malformed {
+            path,
+            reason: format!("failure-domain must be a non-negative integer, found {v:?}"),
+        }),
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the daemon can still be killed; wait forever.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_forms() {
+        assert_eq!(
+            parse_bind("0.0.0.0:25000").unwrap().to_string(),
+            "0.0.0.0:25000"
+        );
+        assert_eq!(parse_bind(":25000").unwrap().to_string(), "0.0.0.0:25000");
+        assert_eq!(
+            parse_bind("[::1]:25000").unwrap().to_string(),
+            "[::1]:25000"
+        );
+        assert!(parse_bind("localhost:25000").is_err());
+        assert!(parse_bind("1.2.3.4").is_err());
+    }
+
+    #[test]
+    fn failure_domain_from_ha_conf() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        state.ensure_layout().unwrap();
+        assert_eq!(read_failure_domain(&state).unwrap(), 1);
+        let path = state.layout().args("ha-conf");
+        std::fs::write(&path, "failure-domain=7\n").unwrap();
+        assert_eq!(read_failure_domain(&state).unwrap(), 7);
+        std::fs::write(&path, "failure-domain 3\n").unwrap();
+        assert_eq!(read_failure_domain(&state).unwrap(), 3);
+        std::fs::write(&path, "failure-domain=abc\n").unwrap();
+        let err = read_failure_domain(&state).unwrap_err().to_string();
+        assert!(err.contains("ha-conf") && err.contains("abc"), "{err}");
+    }
+}

@@ -1,0 +1,142 @@
+//! Atomic file replacement: temp file in the same directory, created with its final mode,
+//! fsync, rename over the target, fsync of the directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::StateError;
+
+/// Replaces `path` with `data` atomically. The file has `mode` from the moment it exists (the
+/// temp file is created with it), so a secret is never briefly world-readable.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StateError> {
+    write_atomic_with(path, data, mode, |from, to| fs::rename(from, to))
+}
+
+/// [`write_atomic`] with the final rename injected, so tests can make it fail.
+pub(crate) fn write_atomic_with(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    rename: impl FnOnce(&Path, &Path) -> io::Result<()>,
+) -> Result<(), StateError> {
+    let fail = |source: io::Error| StateError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = temp_path(path).map_err(fail)?;
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The umask may have cleared bits we asked for; the mode is part of the contract.
+        fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        drop(file);
+        rename(&tmp, path)?;
+        sync_parent(path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(fail)
+}
+
+fn temp_path(path: &Path) -> io::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp.{}.{}", std::process::id(), unique()));
+    Ok(path.with_file_name(tmp_name))
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => File::open(parent)?.sync_all(),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn writes_content_with_mode_from_creation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.key");
+        write_atomic(&path, b"secret", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"secret");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(entries(dir.path()), vec!["ca.key"]);
+    }
+
+    #[test]
+    fn temp_file_has_final_mode_before_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token.txt");
+        write_atomic_with(&path, b"x", 0o600, |from, to| {
+            let mode = fs::metadata(from)?.permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "temp file must be private from creation");
+            fs::rename(from, to)
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn failed_rename_keeps_old_content_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("args");
+        write_atomic(&path, b"old\n", 0o660).unwrap();
+        let err = write_atomic_with(&path, b"new\n", 0o660, |_, _| {
+            Err(io::Error::other("simulated crash before rename"))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains(&path.display().to_string()));
+        assert_eq!(fs::read(&path).unwrap(), b"old\n");
+        assert_eq!(entries(dir.path()), vec!["args"]);
+    }
+
+    #[test]
+    fn replaces_existing_content_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        write_atomic(&path, b"one", 0o644).unwrap();
+        write_atomic(&path, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn missing_directory_is_a_clear_error() {
+        let err = write_atomic(Path::new("/nonexistent-dir-xyz/file"), b"x", 0o600).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent-dir-xyz/file"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,349 @@
+//! The node's state directory: where it is, what lives in it, and the only code that reads or
+//! writes it.
+//!
+//! Invariants:
+//! - Every write goes through [`atomic::write_atomic`]: temp file in the same directory created
+//!   with its final mode, fsync, rename, fsync of the directory. A reader sees the old or the new
+//!   content, never a mix.
+//! - Every error names the path it is about.
+//! - One daemon owns a state directory at a time ([`lock::StateLock`]).
+
+pub mod atomic;
+pub mod layout;
+pub mod lock;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use atomic::write_atomic;
+pub use layout::Layout;
+pub use lock::StateLock;
+
+/// File modes used by the agent. Private material is never readable by others.
+pub mod mode {
+    /// Private keys, tokens, kubeconfigs with embedded keys.
+    pub const SECRET: u32 = 0o600;
+    /// Certificates and other public material.
+    pub const PUBLIC: u32 = 0o644;
+    /// Service argument files (MicroK8s uses 0660 with the snap group).
+    pub const ARGS: u32 = 0o660;
+    /// Directories.
+    pub const DIR: u32 = 0o755;
+    /// Directories that hold sockets or secrets only the owner may traverse.
+    pub const PRIVATE_DIR: u32 = 0o700;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("{path} is malformed: {reason}")]
+    Malformed { path: PathBuf, reason: String },
+    #[error(
+        "state directory {path} is already in use by another cluster-agent daemon (pid {pid}); stop it first"
+    )]
+    Locked { path: PathBuf, pid: String },
+    #[error("cannot lock {path}: {source}")]
+    Lock { path: PathBuf, source: io::Error },
+}
+
+/// The process environment that influences path resolution, captured once at start-up so the
+/// library never reads globals.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// `$SNAP_DATA`, set when running inside the MicroK8s snap.
+    pub snap_data: Option<PathBuf>,
+    /// `$SNAP`, the read-only snap directory.
+    pub snap: Option<PathBuf>,
+    /// `$SNAP_COMMON`.
+    pub snap_common: Option<PathBuf>,
+}
+
+impl Environment {
+    /// Reads the snap variables from the process environment (call once, in `main`).
+    pub fn from_process() -> Self {
+        let var = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        Environment {
+            snap_data: var("SNAP_DATA"),
+            snap: var("SNAP"),
+            snap_common: var("SNAP_COMMON"),
+        }
+    }
+
+    /// True when running inside the MicroK8s snap.
+    pub fn in_snap(&self) -> bool {
+        self.snap.is_some() && self.snap_data.is_some()
+    }
+}
+
+/// Where the MicroK8s snap keeps its data; used when it exists and nothing else was said.
+pub const MICROK8S_SNAP_DATA: &str = "/var/snap/microk8s/current";
+/// The default state directory outside a snap.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/cluster-agent";
+
+/// Resolves the state directory: `--state-dir` > `$SNAP_DATA` > the MicroK8s snap data
+/// directory if it exists > `/var/lib/cluster-agent`.
+pub fn resolve_state_dir(explicit: Option<&Path>, env: &Environment) -> PathBuf {
+    resolve_state_dir_with(explicit, env, |p| p.is_dir())
+}
+
+fn resolve_state_dir_with(
+    explicit: Option<&Path>,
+    env: &Environment,
+    exists: impl Fn(&Path) -> bool,
+) -> PathBuf {
+    if let Some(dir) = explicit {
+        return dir.to_path_buf();
+    }
+    if let Some(dir) = &env.snap_data {
+        return dir.clone();
+    }
+    let snap = Path::new(MICROK8S_SNAP_DATA);
+    if exists(snap) {
+        return snap.to_path_buf();
+    }
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+
+/// Handle on a state directory. Cheap to clone; carries no open files.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    layout: Layout,
+}
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        StateDir {
+            layout: Layout::new(root.into()),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.layout.root()
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Creates the directory skeleton (idempotent). `run/` is private so the control socket
+    /// is never reachable by other users, even for the instant between bind and chmod.
+    pub fn ensure_layout(&self) -> Result<(), StateError> {
+        for dir in self.layout.directories() {
+            create_dir(&dir, mode::DIR)?;
+        }
+        create_dir(&self.layout.run_dir(), mode::PRIVATE_DIR)?;
+        set_mode(&self.layout.run_dir(), mode::PRIVATE_DIR)?;
+        Ok(())
+    }
+
+    /// Takes the exclusive daemon lock on this state directory.
+    pub fn lock(&self) -> Result<StateLock, StateError> {
+        StateLock::acquire(&self.layout.lock_file())
+    }
+
+    pub fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    pub fn read_string(&self, path: &Path) -> Result<String, StateError> {
+        read_string(path)
+    }
+
+    /// Reads a file that may legitimately be absent.
+    pub fn read_optional(&self, path: &Path) -> Result<Option<String>, StateError> {
+        read_optional(path)
+    }
+
+    pub fn write(&self, path: &Path, data: &[u8], mode: u32) -> Result<(), StateError> {
+        if let Some(parent) = path.parent() {
+            create_dir(parent, mode::DIR)?;
+        }
+        write_atomic(path, data, mode)
+    }
+
+    /// Writes `data` only if `path` does not exist yet. Returns whether it wrote.
+    pub fn write_if_missing(
+        &self,
+        path: &Path,
+        data: &[u8],
+        mode: u32,
+    ) -> Result<bool, StateError> {
+        if path.exists() {
+            return Ok(false);
+        }
+        self.write(path, data, mode)?;
+        Ok(true)
+    }
+
+    pub fn remove(&self, path: &Path) -> Result<(), StateError> {
+        match fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError::Write {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Creates an empty marker file under `var/lock/` (idempotent).
+    pub fn set_marker(&self, name: &str) -> Result<(), StateError> {
+        let path = self.layout.marker(name);
+        self.write_if_missing(&path, b"", mode::SECRET).map(|_| ())
+    }
+
+    pub fn has_marker(&self, name: &str) -> bool {
+        self.layout.marker(name).exists()
+    }
+
+    /// Reads and updates a service argument file in one atomic step.
+    pub fn update_args(
+        &self,
+        service: &str,
+        edit: impl FnOnce(&mut crate::args::ArgsFile) -> bool,
+    ) -> Result<bool, StateError> {
+        let path = self.layout.args(service);
+        let text = self.read_optional(&path)?.unwrap_or_default();
+        let mut file = crate::args::ArgsFile::parse(&text);
+        if !edit(&mut file) {
+            return Ok(false);
+        }
+        self.write(&path, file.render().as_bytes(), mode::ARGS)?;
+        Ok(true)
+    }
+
+    /// Reads a service argument file; a missing file reads as empty.
+    pub fn read_args(&self, service: &str) -> Result<crate::args::ArgsFile, StateError> {
+        let text = self
+            .read_optional(&self.layout.args(service))?
+            .unwrap_or_default();
+        Ok(crate::args::ArgsFile::parse(&text))
+    }
+}
+
+pub fn read_string(path: &Path) -> Result<String, StateError> {
+    fs::read_to_string(path).map_err(|source| StateError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+pub fn read_optional(path: &Path) -> Result<Option<String>, StateError> {
+    match fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn create_dir(path: &Path, mode: u32) -> Result<(), StateError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|source| StateError::CreateDir {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), StateError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
+        StateError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_state_dir_wins() {
+        let env = Environment {
+            snap_data: Some("/snap/data".into()),
+            ..Default::default()
+        };
+        let got = resolve_state_dir_with(Some(Path::new("/x")), &env, |_| true);
+        assert_eq!(got, PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn snap_data_beats_defaults() {
+        let env = Environment {
+            snap_data: Some("/var/snap/microk8s/1234".into()),
+            ..Default::default()
+        };
+        let got = resolve_state_dir_with(None, &env, |_| true);
+        assert_eq!(got, PathBuf::from("/var/snap/microk8s/1234"));
+    }
+
+    #[test]
+    fn microk8s_dir_used_only_when_present() {
+        let env = Environment::default();
+        assert_eq!(
+            resolve_state_dir_with(None, &env, |_| true),
+            PathBuf::from(MICROK8S_SNAP_DATA)
+        );
+        assert_eq!(
+            resolve_state_dir_with(None, &env, |_| false),
+            PathBuf::from(DEFAULT_STATE_DIR)
+        );
+    }
+
+    #[test]
+    fn layout_and_markers() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        state.ensure_layout().unwrap();
+        assert!(state.layout().certs_dir().is_dir());
+        assert!(!state.has_marker("ha-cluster"));
+        state.set_marker("ha-cluster").unwrap();
+        assert!(state.has_marker("ha-cluster"));
+        use std::os::unix::fs::PermissionsExt;
+        let run = fs::metadata(state.layout().run_dir()).unwrap();
+        assert_eq!(run.permissions().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn update_args_rewrites_atomically_and_reports_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        state.ensure_layout().unwrap();
+        let changed = state
+            .update_args("kubelet", |f| f.set("--node-ip", "10.0.0.1"))
+            .unwrap();
+        assert!(changed);
+        let again = state
+            .update_args("kubelet", |f| f.set("--node-ip", "10.0.0.1"))
+            .unwrap();
+        assert!(!again);
+        assert_eq!(
+            state.read_args("kubelet").unwrap().get("--node-ip"),
+            Some("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn read_errors_name_the_path() {
+        let err = read_string(Path::new("/nonexistent/cluster-agent/x.crt")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/cluster-agent/x.crt"));
+    }
+}
