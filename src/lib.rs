@@ -2,13 +2,22 @@
 
 pub mod api;
 pub mod args;
+pub mod audit;
 pub mod bootstrap;
 pub mod cli;
+pub mod client;
+pub mod connection;
 pub mod daemon;
+pub mod datastore;
 pub mod goduration;
 pub mod kubeconfig;
+pub mod metrics;
 pub mod net;
+pub mod node;
+pub mod ops;
 pub mod pki;
+pub mod ratelimit;
 pub mod secret;
 pub mod services;
 pub mod state;
+pub mod tokens;

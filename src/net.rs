@@ -64,6 +64,60 @@ pub fn host_port(ip: &IpAddr, port: u16) -> String {
     SocketAddr::new(*ip, port).to_string()
 }
 
+/// Interfaces whose addresses are never advertised (CNI overlays, as MicroK8s's `get_ips`).
+const CNI_INTERFACES: &[&str] = &["vxlan.calico", "flannel.1", "cni0", "ovn0"];
+
+/// Addresses a joining node may use to reach this one: every non-loopback, non-link-local
+/// address of a non-CNI interface, IPv4 first.
+pub fn advertised_addresses() -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for ifa in addrs {
+            if CNI_INTERFACES.contains(&ifa.interface_name.as_str()) {
+                continue;
+            }
+            let Some(addr) = ifa.address else { continue };
+            let ip = if let Some(v4) = addr.as_sockaddr_in() {
+                IpAddr::V4(v4.ip())
+            } else if let Some(v6) = addr.as_sockaddr_in6() {
+                IpAddr::V6(v6.ip())
+            } else {
+                continue;
+            };
+            if ip.is_loopback() || is_link_local(&ip) || out.contains(&ip) {
+                continue;
+            }
+            out.push(ip);
+        }
+    }
+    out.sort_by_key(|ip| ip.is_ipv6());
+    out
+}
+
+/// The first IPv4 address of the interface holding the default route.
+pub fn default_ipv4() -> Option<IpAddr> {
+    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
+    let iface = default_route_interface(&routes)?;
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
+        (ifa.interface_name == iface)
+            .then(|| {
+                ifa.address
+                    .and_then(|a| a.as_sockaddr_in().map(|v4| IpAddr::V4(v4.ip())))
+            })
+            .flatten()
+    })
+}
+
+/// The interface of the first default route in `/proc/net/route` text.
+pub fn default_route_interface(routes: &str) -> Option<String> {
+    routes.lines().skip(1).find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let iface = fields.next()?;
+        let destination = fields.next()?;
+        (destination == "00000000").then(|| iface.to_string())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +144,17 @@ mod tests {
     #[test]
     fn loopback_is_listed() {
         assert!(local_addresses().contains(&"127.0.0.1".parse().unwrap()));
+    }
+}
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    #[test]
+    fn finds_default_route_interface() {
+        let text =
+            "Iface\tDestination\tGateway\nlo\t0000007F\t00000000\neth0\t00000000\t0102A8C0\n";
+        assert_eq!(default_route_interface(text).as_deref(), Some("eth0"));
+        assert_eq!(default_route_interface("Iface\tDestination\n"), None);
     }
 }

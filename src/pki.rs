@@ -217,6 +217,31 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+impl Authority {
+    /// Signs a PEM CSR (its self-signature is verified), keeping its subject and SANs, for
+    /// client and server use. The caller decides whether the subject is acceptable.
+    pub fn sign_csr(&self, csr_pem: &str) -> Result<String, PkiError> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            PkiError::BadPem {
+                what: "certificate signing request".into(),
+                reason: e.to_string(),
+            }
+        })?;
+        csr.params.is_ca = IsCa::ExplicitNoCa;
+        csr.params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        csr.params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        set_validity(&mut csr.params);
+        let issuer = self.params.clone().self_signed(&self.key)?;
+        Ok(csr.signed_by(&issuer, &self.key)?.pem())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

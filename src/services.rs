@@ -48,6 +48,13 @@ pub trait CommandRunner: Send + Sync {
 #[derive(Debug, Default, Clone)]
 pub struct SystemRunner;
 
+impl SystemRunner {
+    /// Runs `argv` to completion (same as [`CommandRunner::run`], callable without the trait).
+    pub fn run_argv(&self, argv: &[String]) -> Result<(), ServiceError> {
+        CommandRunner::run(self, argv)
+    }
+}
+
 impl CommandRunner for SystemRunner {
     fn run(&self, argv: &[String]) -> Result<(), ServiceError> {
         let joined = argv.join(" ");

@@ -62,6 +62,18 @@ pub struct DaemonArgs {
     /// Failure domain of this node (default: args/ha-conf, else 1).
     #[arg(long)]
     pub failure_domain: Option<u64>,
+
+    /// Failed token attempts from one address before it gets HTTP 429.
+    #[arg(long, default_value_t = 10)]
+    pub auth_failure_limit: usize,
+
+    /// Window for --auth-failure-limit (Go duration syntax).
+    #[arg(long, default_value = "60s", value_parser = crate::goduration::parse_arg)]
+    pub auth_failure_window: Duration,
+
+    /// File holding the Cluster API token for v2.0/dqlite/remove.
+    #[arg(long, default_value = "/capi/etc/token")]
+    pub capi_token_file: PathBuf,
 }
 
 impl DaemonArgs {
@@ -110,6 +122,10 @@ impl DaemonArgs {
             }),
             failure_domain: self.failure_domain,
             dqlite_bind: self.dqlite_bind,
+            auth_failure_limit: self.auth_failure_limit,
+            auth_failure_window: self.auth_failure_window,
+            capi_token_file: self.capi_token_file.clone(),
+            env: env.clone(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! Invariant: [`exit_code`] is the only place that turns an error into a process exit code.
 
+pub mod add_node;
 pub mod daemon;
 
 use std::path::PathBuf;
@@ -44,6 +45,8 @@ pub enum Command {
     /// The MicroK8s spelling of `daemon` (as run by the snap's run-cluster-agent-with-args).
     #[command(name = "cluster-agent")]
     ClusterAgent(daemon::DaemonArgs),
+    /// Issue a join token and print the commands that join another node to this one.
+    AddNode(add_node::AddNodeArgs),
 }
 
 /// An error that carries the exit code a script should see.
@@ -60,7 +63,16 @@ pub fn run(cli: Cli, env: Environment) -> anyhow::Result<()> {
         Command::Daemon(args) | Command::ClusterAgent(args) => {
             daemon::run(args, cli.state_dir, env)
         }
+        Command::AddNode(args) => add_node::run(args, cli.state_dir, env),
     }
+}
+
+/// Runs one future on a small current-thread runtime (CLI commands are short-lived).
+pub fn block_on<F: std::future::Future>(fut: F) -> anyhow::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(rt.block_on(fut))
 }
 
 /// Maps an error to the process exit code.

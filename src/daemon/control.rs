@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
@@ -48,7 +48,6 @@ pub struct DaemonInfo {
 
 #[derive(Clone)]
 struct ControlState {
-    #[allow(dead_code)]
     app: AppState,
     info: DaemonInfo,
 }
@@ -56,6 +55,7 @@ struct ControlState {
 pub fn router(app: AppState, info: DaemonInfo) -> Router {
     Router::new()
         .route("/v3/local/info", get(info_handler))
+        .route("/v3/local/add-node", post(add_node_handler))
         .fallback(crate::api::not_found)
         .with_state(ControlState { app, info })
 }
@@ -64,4 +64,13 @@ async fn info_handler(
     axum::extract::State(s): axum::extract::State<ControlState>,
 ) -> Json<DaemonInfo> {
     Json(s.info.clone())
+}
+
+async fn add_node_handler(
+    axum::extract::State(s): axum::extract::State<ControlState>,
+    Json(req): Json<crate::ops::add_node::AddNodeRequest>,
+) -> Result<Json<crate::ops::add_node::AddNodeResponse>, crate::api::ApiError> {
+    let resp = crate::ops::add_node::add_node(&s.app.node, req).await?;
+    s.app.metrics.token_issued();
+    Ok(Json(resp))
 }

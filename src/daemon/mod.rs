@@ -49,6 +49,12 @@ pub struct DaemonConfig {
     pub datastore: DatastoreMode,
     pub failure_domain: Option<u64>,
     pub dqlite_bind: Option<SocketAddr>,
+    /// Failed token attempts per source before HTTP 429 …
+    pub auth_failure_limit: usize,
+    /// … within this window.
+    pub auth_failure_window: Duration,
+    pub capi_token_file: PathBuf,
+    pub env: crate::state::Environment,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +135,27 @@ impl Daemon {
         let control = control::bind(&state.layout().control_socket())?;
         let services =
             services::manager(config.service_manager, state.layout().marker("lite.lock"));
-        let app = AppState::new(state, services);
+        let node = crate::node::Node {
+            tokens: crate::tokens::TokenStore::new(
+                state.clone(),
+                Arc::new(crate::tokens::SystemClock),
+            ),
+            datastore: Arc::new(crate::datastore::ClusterYaml {
+                state: state.clone(),
+            }),
+            services,
+            settings: Arc::new(crate::node::NodeSettings {
+                bind: config.bind,
+                capi_token_file: config.capi_token_file.clone(),
+                env: config.env.clone(),
+            }),
+            state,
+        };
+        let limiter = crate::ratelimit::RateLimiter::new(
+            config.auth_failure_limit,
+            config.auth_failure_window,
+        );
+        let app = AppState::new(node, limiter);
         Ok(Daemon {
             _lock: lock,
             config,

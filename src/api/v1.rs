@@ -1,0 +1,98 @@
+//! `/cluster/api/v1.0/*`: join (legacy), sign-cert, configure, upgrade.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::routing::{post, MethodRouter};
+use axum::Json;
+
+use super::{body_bytes, empty_not_found, guard, ApiError, AppState};
+use crate::ops::callbacks::{self, ConfigureRequest, ResultOk, UpgradeRequest};
+use crate::ops::join::{self, JoinRequest, JoinResponseV1};
+use crate::ops::sign_cert::{self, SignCertRequest, SignCertResponse};
+
+pub fn join_route() -> MethodRouter<AppState> {
+    post(join).fallback(empty_not_found)
+}
+pub fn sign_cert_route() -> MethodRouter<AppState> {
+    post(sign_cert).fallback(empty_not_found)
+}
+pub fn configure_route() -> MethodRouter<AppState> {
+    post(configure).fallback(empty_not_found)
+}
+pub fn upgrade_route() -> MethodRouter<AppState> {
+    post(upgrade).fallback(empty_not_found)
+}
+
+async fn join(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<JoinResponseV1>, ApiError> {
+    let req = JoinRequest::decode(&body_bytes(body)?)?;
+    let token = req.token.clone();
+    let origin = super::v2::origin(peer, &headers);
+    guard(&app, peer, "/cluster/api/v1.0/join", Some(&token), async {
+        Ok(join::join_v1(&app.node, req, origin).await?)
+    })
+    .await
+    .map(Json)
+}
+
+async fn sign_cert(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SignCertResponse>, ApiError> {
+    let req = SignCertRequest::decode(&body_bytes(body)?)?;
+    let token = req.token.clone();
+    guard(
+        &app,
+        peer,
+        "/cluster/api/v1.0/sign-cert",
+        Some(&token),
+        async { Ok(sign_cert::sign_cert(&app.node, req).await?) },
+    )
+    .await
+    .map(Json)
+}
+
+async fn configure(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ResultOk>, ApiError> {
+    let req = ConfigureRequest::decode(&body_bytes(body)?)?;
+    let token = req.callback.clone();
+    guard(
+        &app,
+        peer,
+        "/cluster/api/v1.0/configure",
+        Some(&token),
+        async { Ok(callbacks::configure(&app.node, req).await?) },
+    )
+    .await
+    .map(Json)
+}
+
+async fn upgrade(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ResultOk>, ApiError> {
+    let req = UpgradeRequest::decode(&body_bytes(body)?)?;
+    let token = req.callback.clone();
+    guard(
+        &app,
+        peer,
+        "/cluster/api/v1.0/upgrade",
+        Some(&token),
+        async { Ok(callbacks::upgrade(&app.node, req).await?) },
+    )
+    .await
+    .map(Json)
+}

@@ -1,0 +1,3 @@
+//! Clients the CLI uses: the local daemon over its control socket.
+
+pub mod local;

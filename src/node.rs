@@ -1,0 +1,53 @@
+//! The node as the API and CLI handlers see it: state, tokens, datastore, services and the
+//! daemon's settings. One cheap-to-clone handle shared by every request.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::datastore::Datastore;
+use crate::services::ServiceManager;
+use crate::state::{Environment, StateDir};
+use crate::tokens::TokenStore;
+
+/// Settings the operations need from the daemon's configuration.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// The daemon's `--bind`; its port is "this node's cluster-agent port".
+    pub bind: SocketAddr,
+    /// File holding the Cluster API token (`/capi/etc/token` in MicroK8s).
+    pub capi_token_file: PathBuf,
+    pub env: Environment,
+}
+
+#[derive(Clone)]
+pub struct Node {
+    pub state: StateDir,
+    pub tokens: TokenStore,
+    pub datastore: Arc<dyn Datastore>,
+    pub services: Arc<dyn ServiceManager>,
+    pub settings: Arc<NodeSettings>,
+}
+
+impl Node {
+    /// `$SNAP`, if running inside the snap.
+    pub fn snap_dir(&self) -> Option<&std::path::Path> {
+        self.settings.env.snap.as_deref()
+    }
+
+    /// Values for `${SNAP_DATA}`-style expansion in args files.
+    pub fn snap_vars(&self) -> Vec<(&'static str, String)> {
+        let s = |p: Option<&std::path::Path>| {
+            p.map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        vec![
+            (
+                "SNAP_DATA",
+                self.state.root().to_string_lossy().into_owned(),
+            ),
+            ("SNAP", s(self.settings.env.snap.as_deref())),
+            ("SNAP_COMMON", s(self.settings.env.snap_common.as_deref())),
+        ]
+    }
+}

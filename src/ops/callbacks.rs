@@ -1,0 +1,306 @@
+//! Callbacks between nodes, authenticated with this node's callback token (or the Cluster API
+//! token): `v1.0/configure`, `v1.0/upgrade`, `v2.0/image/import`, `v2.0/dqlite/remove`.
+//!
+//! Fixes over MicroK8s: service, addon and upgrade names are checked before they become path
+//! components (MicroK8s lets `../x` escape `args/`); an empty or whitespace CAPI token never
+//! authenticates and the 401 text does not echo the presented token.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::decode::{decode, lenient_restart};
+use super::{blocking, OpError};
+use crate::node::Node;
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct ResultOk {
+    pub result: String,
+}
+
+impl ResultOk {
+    fn ok() -> Self {
+        ResultOk {
+            result: "ok".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ServiceUpdate {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub arguments_update: Vec<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub arguments_remove: Vec<String>,
+    #[serde(default)]
+    pub restart: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct AddonToggle {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub enable: bool,
+    #[serde(default)]
+    pub disable: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ConfigureRequest {
+    #[serde(default)]
+    pub callback: String,
+    #[serde(default)]
+    pub service: Vec<ServiceUpdate>,
+    #[serde(default)]
+    pub addon: Vec<AddonToggle>,
+}
+
+impl ConfigureRequest {
+    pub fn decode(body: &[u8]) -> Result<Self, OpError> {
+        decode(body, &["callback", "service", "addon", "action_str"])
+    }
+}
+
+/// A name that becomes a file name or an argv element: letters, digits, `.`, `_`, `-`, not
+/// starting with a dot.
+pub fn check_name(kind: &str, name: &str) -> Result<(), OpError> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(OpError::BadRequest(format!("Invalid {kind} name {name:?}")))
+    }
+}
+
+fn check_callback(node: &Node, token: &str) -> Result<(), OpError> {
+    if node.tokens.check_callback_token(token)? {
+        Ok(())
+    } else {
+        Err(OpError::InvalidToken)
+    }
+}
+
+pub async fn configure(node: &Node, req: ConfigureRequest) -> Result<ResultOk, OpError> {
+    let node = node.clone();
+    blocking(move || {
+        check_callback(&node, &req.callback)?;
+        // Validate everything before changing anything.
+        for s in &req.service {
+            check_name("service", &s.name)?;
+        }
+        for a in &req.addon {
+            check_name("addon", &a.name)?;
+        }
+        for s in &req.service {
+            let updates: Vec<(String, String)> = s
+                .arguments_update
+                .iter()
+                .flat_map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())))
+                .collect();
+            node.state
+                .update_args(&s.name, |f| f.update(&updates, &s.arguments_remove))
+                .map_err(|e| {
+                    OpError::Refused(format!(
+                        "Failed to update arguments of service \"{}\": {e}",
+                        s.name
+                    ))
+                })?;
+            if lenient_restart(&s.restart) {
+                node.services.restart(&s.name).map_err(|e| {
+                    OpError::Refused(format!("Failed to restart service \"{}\": {e}", s.name))
+                })?;
+            }
+        }
+        for a in &req.addon {
+            let verb = if a.enable {
+                "enable"
+            } else if a.disable {
+                "disable"
+            } else {
+                continue;
+            };
+            let wrapper = snap_path(&node, &format!("microk8s-{verb}.wrapper")).map_err(|e| {
+                OpError::Refused(format!("Failed to {verb} addon \"{}\": {e}", a.name))
+            })?;
+            run(&[wrapper.display().to_string(), a.name.clone()]).map_err(|e| {
+                OpError::Refused(format!("Failed to {verb} addon \"{}\": {e}", a.name))
+            })?;
+        }
+        Ok(ResultOk::ok())
+    })
+    .await
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct UpgradeRequest {
+    #[serde(default)]
+    pub callback: String,
+    #[serde(default)]
+    pub upgrade: String,
+    #[serde(default)]
+    pub phase: String,
+}
+
+impl UpgradeRequest {
+    pub fn decode(body: &[u8]) -> Result<Self, OpError> {
+        decode(body, &["callback", "upgrade", "phase"])
+    }
+}
+
+pub async fn upgrade(node: &Node, req: UpgradeRequest) -> Result<ResultOk, OpError> {
+    let node = node.clone();
+    blocking(move || {
+        check_callback(&node, &req.callback)?;
+        let fail = |inner: String| {
+            OpError::Refused(format!(
+                "Failed to run upgrade \"{}\" phase \"{}\": {inner}",
+                req.upgrade, req.phase
+            ))
+        };
+        if !matches!(req.phase.as_str(), "prepare" | "commit" | "rollback") {
+            return Err(fail(format!("unknown upgrade phase \"{}\"", req.phase)));
+        }
+        check_name("upgrade", &req.upgrade).map_err(|e| fail(e.to_string()))?;
+        let script = snap_path(
+            &node,
+            &format!("upgrade-scripts/{}/{}-node.sh", req.upgrade, req.phase),
+        )
+        .map_err(fail)?;
+        if !script.is_file() {
+            return Err(fail(format!("could not find script {}", script.display())));
+        }
+        run(&[script.display().to_string()])
+            .map_err(|e| fail(format!("failed to execute {}: \"{e}\"", script.display())))?;
+        Ok(ResultOk::ok())
+    })
+    .await
+}
+
+/// Authorises an image import before its body is read.
+pub fn check_image_import_token(node: &Node, token: Option<&str>) -> Result<(), OpError> {
+    match token {
+        Some(t) if node.tokens.check_callback_token(t)? => Ok(()),
+        _ => Err(OpError::Unauthorized("Invalid token".into())),
+    }
+}
+
+/// The `ctr` invocation that imports an image tarball from stdin.
+pub fn ctr_import_argv(node: &Node) -> Result<Vec<String>, OpError> {
+    let ctr = snap_path(node, "bin/ctr")
+        .map_err(|e| OpError::Refused(format!("Failed to import the image: {e}")))?;
+    let common = node
+        .settings
+        .env
+        .snap_common
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/snap/microk8s/common"));
+    Ok(vec![
+        ctr.display().to_string(),
+        "--namespace".into(),
+        "k8s.io".into(),
+        "--address".into(),
+        common.join("run/containerd.sock").display().to_string(),
+        "image".into(),
+        "import".into(),
+        "--platform".into(),
+        go_arch().into(),
+        "-".into(),
+    ])
+}
+
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        other => other,
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct DqliteRemoveRequest {
+    #[serde(default)]
+    pub remove_endpoint: String,
+}
+
+impl DqliteRemoveRequest {
+    pub fn decode(body: &[u8]) -> Result<Self, OpError> {
+        decode(body, &["remove_endpoint"])
+            .map_err(|e| OpError::BadRequest(format!("Failed to unmarshal JSON: {e}")))
+    }
+}
+
+/// `v2.0/dqlite/remove` with the Cluster API token from the `capi-auth-token` header.
+pub async fn dqlite_remove(
+    node: &Node,
+    token: Option<&str>,
+    req: DqliteRemoveRequest,
+) -> Result<(), OpError> {
+    let path = node.settings.capi_token_file.clone();
+    let expected = std::fs::read_to_string(&path).map_err(|e| {
+        OpError::Refused(format!(
+            "Failed to remove from dqlite: failed to validate CAPI auth token: failed to read token file: failed to read {}: {e}",
+            path.display()
+        ))
+    })?;
+    let expected = expected.trim();
+    let presented = token.unwrap_or("").trim();
+    if expected.is_empty() || presented.is_empty() || !crate::secret::secret_eq(expected, presented)
+    {
+        return Err(OpError::Unauthorized(
+            "Failed to remove from dqlite: invalid CAPI auth token".into(),
+        ));
+    }
+    node.datastore
+        .remove_by_address(&req.remove_endpoint)
+        .await
+        .map_err(|e| {
+            OpError::Refused(format!(
+                "Failed to remove from dqlite: failed to remove node from dqlite: {e}"
+            ))
+        })
+}
+
+fn snap_path(node: &Node, rel: &str) -> Result<PathBuf, String> {
+    node.snap_dir()
+        .map(|s| s.join(rel))
+        .ok_or_else(|| format!("{rel} needs the MicroK8s snap ($SNAP is not set)"))
+}
+
+fn run(argv: &[String]) -> Result<(), String> {
+    crate::services::SystemRunner
+        .run_argv(argv)
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_escape() {
+        for bad in ["", "../x", "a/b", ".hidden", "x y", "a\nb"] {
+            assert!(check_name("service", bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            "kube-apiserver",
+            "k8s-dqlite",
+            "cni-env",
+            "001-custom-upgrade",
+            "dns",
+        ] {
+            assert!(check_name("service", good).is_ok(), "{good}");
+        }
+    }
+}

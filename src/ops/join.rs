@@ -1,0 +1,451 @@
+//! Granting joins: `POST /cluster/api/v2.0/join` (dqlite clusters, control plane or worker) and
+//! the legacy `POST /cluster/api/v1.0/join`.
+//!
+//! MicroK8s's checks, status codes and texts are kept, in MicroK8s's order, with one change of
+//! substance: the token is validated first but consumed only after every check has passed,
+//! so a refused join can be retried with the same token, and only one of several concurrent
+//! joins with a single-use token is granted.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::decode::{decode, lenient_worker};
+use super::{blocking, OpError};
+use crate::datastore::{address_is_ip, Role};
+use crate::node::Node;
+use crate::state::StateDir;
+use crate::tokens::Grant;
+
+/// The substring of `--etcd-servers` that means "the datastore is dqlite".
+const KINE_SOCKET: &str = "/var/kubernetes/backend/kine.sock:12379";
+
+#[derive(Debug, Default, Deserialize)]
+pub struct JoinRequest {
+    #[serde(default)]
+    pub token: String,
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub port: String,
+    #[serde(default)]
+    pub worker: Option<Value>,
+    #[serde(default)]
+    pub callback: String,
+    #[serde(default)]
+    pub can_handle_x509_auth: bool,
+    #[serde(default)]
+    pub can_handle_custom_etcd: bool,
+}
+
+const JOIN_FIELDS: &[&str] = &[
+    "token",
+    "hostname",
+    "port",
+    "worker",
+    "callback",
+    "can_handle_x509_auth",
+    "can_handle_custom_etcd",
+];
+
+impl JoinRequest {
+    pub fn decode(body: &[u8]) -> Result<JoinRequest, OpError> {
+        decode(body, JOIN_FIELDS)
+    }
+
+    pub fn is_worker(&self) -> bool {
+        lenient_worker(&self.worker)
+    }
+}
+
+/// Where the request came from and which address it was sent to.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub remote_ip: IpAddr,
+    /// Host part of the `Host` header (or `:authority`), brackets removed.
+    pub host: String,
+}
+
+/// The v2 response; field order, omission and `null`s as MicroK8s's Go structs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JoinResponseV2 {
+    pub ca: String,
+    pub callback_token: String,
+    pub apiport: String,
+    pub api_authz_mode: String,
+    pub kubelet_args: String,
+    pub hostname_override: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub voters: Vec<String>,
+    pub service_account_key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub admin_token: String,
+    pub ca_key: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster_cert: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster_key: String,
+    pub control_plane_nodes: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster_cidr: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub etcd_servers: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub etcd_ca: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub etcd_cert: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub etcd_key: String,
+}
+
+/// The v1 response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JoinResponseV1 {
+    pub ca: String,
+    pub etcd: String,
+    pub api_authn_mode: String,
+    pub apiport: String,
+    pub kubeproxy: String,
+    pub kubelet: String,
+    pub kubelet_args: String,
+    pub hostname_override: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster_cidr: String,
+}
+
+/// MicroK8s's "kube-apiserver prefers InternalIP" test (a substring search, not list parsing).
+pub fn prefers_internal_ip(preferred: &str) -> bool {
+    match (preferred.find("InternalIP"), preferred.find("Hostname")) {
+        (Some(_), None) => true,
+        (Some(i), Some(h)) => i < h,
+        (None, _) => false,
+    }
+}
+
+fn arg(state: &StateDir, service: &str, flag: &str) -> Result<String, OpError> {
+    Ok(state
+        .read_args(service)?
+        .get(flag)
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// Does `hostname` resolve to `ip`?
+async fn resolves_to(hostname: &str, ip: IpAddr) -> bool {
+    if hostname.is_empty() {
+        return false;
+    }
+    match tokio::net::lookup_host((hostname, 0)).await {
+        Ok(addrs) => addrs.map(|a| a.ip()).any(|a| a == ip),
+        Err(_) => false,
+    }
+}
+
+/// MicroK8s's choice of the joining node's name: its hostname if that resolves to the
+/// address it connected from, else that address.
+async fn remote_host(hostname: &str, ip: IpAddr) -> String {
+    if resolves_to(hostname, ip).await {
+        hostname.to_string()
+    } else {
+        ip.to_string()
+    }
+}
+
+fn is_valid_token(node: &Node, token: &str) -> Result<Option<Grant>, OpError> {
+    Ok(node.tokens.check_join_token(token)?)
+}
+
+/// Consumes the token after all checks; a concurrent join may have won the race.
+fn consume(node: &Node, token: &str) -> Result<(), OpError> {
+    match node.tokens.consume_join_token(token)? {
+        Some(_) => Ok(()),
+        None => Err(OpError::InvalidToken),
+    }
+}
+
+/// The v2 join.
+pub async fn join_v2(
+    node: &Node,
+    req: JoinRequest,
+    origin: Origin,
+) -> Result<JoinResponseV2, OpError> {
+    let state = &node.state;
+    // 1. Token (checked, not consumed).
+    if is_valid_token(node, &req.token)?.is_none() {
+        return Err(OpError::InvalidToken);
+    }
+    // 2. HA cluster.
+    if !state.has_marker("ha-cluster") {
+        return Err(OpError::NotHa);
+    }
+    // 3. Port: this node's actual cluster-agent port.
+    let port = node.settings.bind.port().to_string();
+    if req.port != port {
+        return Err(OpError::PortMismatch(port));
+    }
+    // 4. Joining from the address we are contacted on.
+    let remote = origin.remote_ip.to_string();
+    if remote == origin.host {
+        return Err(OpError::SameIp(origin.host));
+    }
+    // 5. Hostname, unless kube-apiserver reaches kubelets by InternalIP.
+    let preferred = arg(state, "kube-apiserver", "--kubelet-preferred-address-types")?;
+    if !prefers_internal_ip(&preferred) && !resolves_to(&req.hostname, origin.remote_ip).await {
+        return Err(OpError::HostnameMismatch {
+            hostname: req.hostname.clone(),
+            ip: remote,
+        });
+    }
+    // 6. Datastore.
+    let etcd_servers = arg(state, "kube-apiserver", "--etcd-servers")?;
+    let dqlite = etcd_servers.contains(KINE_SOCKET);
+    let members = if dqlite {
+        let members = node.datastore.members().await?;
+        if members
+            .iter()
+            .any(|m| address_is_ip(&m.address, &origin.remote_ip))
+        {
+            return Err(OpError::Refused(format!(
+                "Failed to retrieve dqlite cluster nodes: the joining node ({remote}) is already known to dqlite"
+            )));
+        }
+        members
+    } else {
+        if !req.can_handle_custom_etcd {
+            return Err(OpError::Refused("This MicroK8s cluster uses a custom etcd endpoint. update MicroK8s to version 1.28 or newer and retry the join operation".into()));
+        }
+        Vec::new()
+    };
+    let worker = req.is_worker();
+    let token_auth_file = arg(state, "kube-apiserver", "--token-auth-file")?;
+    if !worker && token_auth_file.is_empty() && !req.can_handle_x509_auth {
+        return Err(OpError::Refused("Joining this MicroK8s cluster requires x509 authentication. update MicroK8s to version 1.28 or newer and retry the join operation".into()));
+    }
+
+    let node2 = node.clone();
+    let token = req.token.clone();
+    blocking(move || {
+        let node = node2;
+        let state = &node.state;
+        let layout = state.layout();
+        // Every check passed: the join is granted.
+        consume(&node, &token)?;
+        let callback_token = node.tokens.self_callback_token().map_err(|e| {
+            OpError::Internal(format!("Could not retrieve self callback token: {e}"))
+        })?;
+        let ca = state.read_string(&layout.ca_crt())?;
+        let kubelet_args = state
+            .read_optional(&layout.args("kubelet"))?
+            .unwrap_or_default();
+        state.set_marker("no-cert-reissue")?;
+        let mut resp = JoinResponseV2 {
+            ca,
+            callback_token,
+            apiport: arg(state, "kube-apiserver", "--secure-port")?,
+            api_authz_mode: arg(state, "kube-apiserver", "--authorization-mode")?,
+            kubelet_args,
+            hostname_override: remote,
+            voters: Vec::new(),
+            service_account_key: String::new(),
+            admin_token: String::new(),
+            ca_key: None,
+            cluster_cert: String::new(),
+            cluster_key: String::new(),
+            control_plane_nodes: None,
+            cluster_cidr: arg(state, "kube-proxy", "--cluster-cidr")?,
+            etcd_servers: String::new(),
+            etcd_ca: String::new(),
+            etcd_cert: String::new(),
+            etcd_key: String::new(),
+        };
+        if worker {
+            node.tokens
+                .add_cert_request_token(&format!("{token}-kubelet"))?;
+            node.tokens
+                .add_cert_request_token(&format!("{token}-proxy"))?;
+            resp.control_plane_nodes = Some(control_plane_ips(&members, &node));
+            return Ok(resp);
+        }
+        resp.ca_key = Some(state.read_string(&layout.ca_key())?);
+        resp.service_account_key = state.read_string(&layout.serviceaccount_key())?;
+        if !token_auth_file.is_empty() {
+            resp.admin_token = known_token(state, "admin").ok_or_else(|| {
+                OpError::Refused("Failed to retrieve token for admin user: no admin token".into())
+            })?;
+        }
+        if dqlite {
+            resp.cluster_cert = state.read_string(&layout.backend("cluster.crt"))?;
+            resp.cluster_key = state.read_string(&layout.backend("cluster.key"))?;
+            resp.voters = members
+                .iter()
+                .filter(|m| m.role == Role::Voter)
+                .map(|m| m.address.clone())
+                .collect();
+        } else {
+            resp.etcd_servers = etcd_servers;
+            let vars = node.snap_vars();
+            let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            for (flag, field) in [
+                ("--etcd-cafile", &mut resp.etcd_ca),
+                ("--etcd-certfile", &mut resp.etcd_cert),
+                ("--etcd-keyfile", &mut resp.etcd_key),
+            ] {
+                let value = arg(state, "kube-apiserver", flag)?;
+                if value.is_empty() {
+                    continue;
+                }
+                let path = crate::args::expand_snap_vars(value.trim_matches('"'), &vars);
+                *field = state
+                    .read_string(std::path::Path::new(&path))
+                    .map_err(|e| {
+                        OpError::Refused(format!("Failed to read etcd certificates: {e}"))
+                    })?;
+            }
+        }
+        Ok(resp)
+    })
+    .await
+}
+
+/// Control-plane addresses for a worker: the hosts of the dqlite members (voters first),
+/// else this node's own address. (MicroK8s asks the Kubernetes API for nodes labelled
+/// control plane; without an API server the datastore is the source of truth.)
+fn control_plane_ips(members: &[crate::datastore::Member], node: &Node) -> Vec<String> {
+    let mut sorted: Vec<_> = members.iter().collect();
+    sorted.sort_by_key(|m| m.role as u8);
+    let mut out: Vec<String> = Vec::new();
+    for m in sorted {
+        let host = m.host().to_string();
+        if !out.contains(&host) {
+            out.push(host);
+        }
+    }
+    if out.is_empty() && !node.settings.bind.ip().is_unspecified() {
+        out.push(node.settings.bind.ip().to_string());
+    }
+    out
+}
+
+/// `known_tokens.csv` lookup: first line whose user field is `user`.
+fn known_token(state: &StateDir, user: &str) -> Option<String> {
+    let text = state
+        .read_optional(&state.layout().credential("known_tokens.csv"))
+        .ok()??;
+    text.lines().find_map(|line| {
+        let mut parts = line.trim().splitn(3, ',');
+        let token = parts.next()?;
+        (parts.next()? == user && !token.is_empty()).then(|| token.to_string())
+    })
+}
+
+/// The legacy v1 join (non-HA clusters). Our nodes are always dqlite (HA) clusters, so this
+/// answers MicroK8s's "this is an HA cluster" refusal unless `ha-cluster` was removed.
+pub async fn join_v1(
+    node: &Node,
+    req: JoinRequest,
+    origin: Origin,
+) -> Result<JoinResponseV1, OpError> {
+    let state = &node.state;
+    if is_valid_token(node, &req.token)?.is_none() {
+        return Err(OpError::InvalidToken);
+    }
+    if state.has_marker("ha-cluster") {
+        return Err(OpError::Refused("Failed to join the cluster. This is an HA MicroK8s cluster.\nPlease retry after enabling HA on this joining node with 'microk8s enable ha-cluster'".into()));
+    }
+    if !req.can_handle_x509_auth {
+        return Err(OpError::Refused("Joining this MicroK8s cluster requires x509 authentication. update MicroK8s to version 1.28 or newer and retry the join operation".into()));
+    }
+    let host = remote_host(&req.hostname, origin.remote_ip).await;
+    let node = node.clone();
+    blocking(move || {
+        let state = &node.state;
+        consume(&node, &req.token)?;
+        let token = req.token.trim().to_string();
+        node.tokens.add_cert_request_token(&token)?;
+        let endpoint = match host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => format!("[{v6}]:{}", req.port),
+            _ => format!("{host}:{}", req.port),
+        };
+        node.tokens
+            .add_peer_callback_token(&endpoint, &req.callback)?;
+        let ca = state.read_string(&state.layout().ca_crt())?;
+        node.tokens
+            .add_cert_request_token(&format!("{token}-proxy"))?;
+        node.tokens
+            .add_cert_request_token(&format!("{token}-kubelet"))?;
+        let mut kubelet_args = state
+            .read_optional(&state.layout().args("kubelet"))?
+            .unwrap_or_default();
+        if host != req.hostname {
+            kubelet_args.push_str(&format!("\n--hostname-override={host}"));
+        }
+        state.set_marker("no-cert-reissue")?;
+        Ok(JoinResponseV1 {
+            ca,
+            etcd: arg(state, "etcd", "--listen-client-urls")?,
+            api_authn_mode: "Cert".into(),
+            apiport: arg(state, "kube-apiserver", "--secure-port")?,
+            kubeproxy: token.clone(),
+            kubelet: token,
+            kubelet_args,
+            hostname_override: host,
+            cluster_cidr: arg(state, "kube-proxy", "--cluster-cidr")?,
+        })
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefers_internal_ip_pinned_cases() {
+        for v in [
+            "",
+            "Hostname",
+            "Hostname,InternalIP",
+            "Hostname,ExternalIP,ExternalDNS",
+            "Hostname,ExternalIP,ExternalDNS,InternalIP",
+        ] {
+            assert!(!prefers_internal_ip(v), "{v}");
+        }
+        for v in [
+            "InternalIP",
+            "InternalIP,Hostname",
+            "InternalIP,ExternalIP,Hostname",
+            "InternalIP,ExternalIP",
+        ] {
+            assert!(prefers_internal_ip(v), "{v}");
+        }
+    }
+
+    #[test]
+    fn worker_response_has_microk8s_nulls() {
+        let resp = JoinResponseV2 {
+            ca: "CA".into(),
+            callback_token: "cb".into(),
+            apiport: "16443".into(),
+            api_authz_mode: "Node,RBAC".into(),
+            kubelet_args: "k\n".into(),
+            hostname_override: "10.10.10.12".into(),
+            voters: vec![],
+            service_account_key: String::new(),
+            admin_token: String::new(),
+            ca_key: None,
+            cluster_cert: String::new(),
+            cluster_key: String::new(),
+            control_plane_nodes: Some(vec!["10.0.0.1".into(), "10.0.0.2".into()]),
+            cluster_cidr: "10.1.0.0/16".into(),
+            etcd_servers: String::new(),
+            etcd_ca: String::new(),
+            etcd_cert: String::new(),
+            etcd_key: String::new(),
+        };
+        assert_eq!(
+            serde_json::to_string(&resp).unwrap(),
+            r#"{"ca":"CA","callback_token":"cb","apiport":"16443","api_authz_mode":"Node,RBAC","kubelet_args":"k\n","hostname_override":"10.10.10.12","service_account_key":"","ca_key":null,"control_plane_nodes":["10.0.0.1","10.0.0.2"],"cluster_cidr":"10.1.0.0/16"}"#
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! `POST /cluster/api/v1.0/sign-cert`: signs a worker's CSR with the cluster CA.
+//!
+//! MicroK8s signs whatever subject the CSR carries (a `system:masters` client certificate
+//! included). We sign only the identity the one-time token was issued for:
+//! `<join>-kubelet` → `CN=system:node:<name>, O=system:nodes`; `<join>-proxy` →
+//! `CN=system:kube-proxy`; a bare `<join>` token (v1 joins) → a non-`system:` CN without
+//! organisation. The token is consumed only when the CSR is acceptable.
+
+use serde::{Deserialize, Serialize};
+
+use super::decode::decode;
+use super::{blocking, OpError};
+use crate::node::Node;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SignCertRequest {
+    #[serde(default)]
+    pub token: String,
+    #[serde(default)]
+    pub request: String,
+}
+
+impl SignCertRequest {
+    pub fn decode(body: &[u8]) -> Result<Self, OpError> {
+        decode(body, &["token", "request"])
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SignCertResponse {
+    pub certificate: String,
+}
+
+/// The subject of a CSR, as far as the policy cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    pub common_names: Vec<String>,
+    pub organizations: Vec<String>,
+}
+
+/// What a certificate request token allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowed {
+    Kubelet,
+    KubeProxy,
+    Other,
+}
+
+pub fn allowed_for(token: &str) -> Allowed {
+    let t = token.trim();
+    if t.ends_with("-kubelet") {
+        Allowed::Kubelet
+    } else if t.ends_with("-proxy") {
+        Allowed::KubeProxy
+    } else {
+        Allowed::Other
+    }
+}
+
+/// Checks a CSR subject against what the token allows.
+pub fn check_subject(allowed: Allowed, subject: &Subject) -> Result<(), String> {
+    let [cn] = subject.common_names.as_slice() else {
+        return Err("the certificate request must carry exactly one common name".into());
+    };
+    let orgs = &subject.organizations;
+    let ok = match allowed {
+        Allowed::Kubelet => {
+            cn.strip_prefix("system:node:")
+                .is_some_and(|n| !n.is_empty())
+                && orgs.as_slice() == ["system:nodes"]
+        }
+        Allowed::KubeProxy => cn == "system:kube-proxy" && orgs.is_empty(),
+        Allowed::Other => !cn.starts_with("system:") && cn != "admin" && orgs.is_empty(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        let wanted = match allowed {
+            Allowed::Kubelet => "CN=system:node:<name>, O=system:nodes",
+            Allowed::KubeProxy => "CN=system:kube-proxy",
+            Allowed::Other => "a CN outside system: and no organisation",
+        };
+        Err(format!(
+            "Certificate request refused: subject CN={} O={} is not allowed for this token (expected {wanted})",
+            cn,
+            orgs.join(",")
+        ))
+    }
+}
+
+/// Parses a PEM CSR, verifying its self-signature, and returns its subject.
+pub fn csr_subject(pem: &str) -> Result<Subject, String> {
+    use rustls_pki_types::pem::PemObject;
+    use x509_parser::prelude::FromDer;
+    let der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+        .map_err(|_| "the request is not a PEM certificate signing request".to_string())?;
+    let (_, csr) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+            .map_err(|e| format!("the certificate signing request cannot be parsed: {e}"))?;
+    let subject = &csr.certification_request_info.subject;
+    let text = |a: &x509_parser::x509::AttributeTypeAndValue| a.as_str().map(str::to_string);
+    Ok(Subject {
+        common_names: subject
+            .iter_common_name()
+            .filter_map(|a| text(a).ok())
+            .collect(),
+        organizations: subject
+            .iter_organization()
+            .filter_map(|a| text(a).ok())
+            .collect(),
+    })
+}
+
+pub async fn sign_cert(node: &Node, req: SignCertRequest) -> Result<SignCertResponse, OpError> {
+    let node = node.clone();
+    blocking(move || {
+        if !node.tokens.check_cert_request_token(&req.token)? {
+            return Err(OpError::InvalidToken);
+        }
+        let subject = csr_subject(&req.request).map_err(OpError::BadRequest)?;
+        check_subject(allowed_for(&req.token), &subject).map_err(OpError::Forbidden)?;
+        let layout = node.state.layout();
+        let ca_pem = node.state.read_string(&layout.ca_crt())?;
+        let key_pem = node.state.read_string(&layout.ca_key())?;
+        let ca = crate::pki::Authority::load(&ca_pem, &key_pem)
+            .map_err(|e| OpError::Internal(e.to_string()))?;
+        let certificate = ca
+            .sign_csr(&req.request)
+            .map_err(|e| OpError::BadRequest(format!("Failed to sign certificate: {e}")))?;
+        if !node.tokens.consume_cert_request_token(&req.token)? {
+            return Err(OpError::InvalidToken);
+        }
+        Ok(SignCertResponse { certificate })
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(cn: &[&str], o: &[&str]) -> Subject {
+        Subject {
+            common_names: cn.iter().map(|s| s.to_string()).collect(),
+            organizations: o.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn policy() {
+        use Allowed::*;
+        assert!(check_subject(Kubelet, &subject(&["system:node:w1"], &["system:nodes"])).is_ok());
+        assert!(
+            check_subject(Kubelet, &subject(&["system:node:w1"], &["system:masters"])).is_err()
+        );
+        assert!(check_subject(
+            Kubelet,
+            &subject(&["system:node:w1"], &["system:nodes", "system:masters"])
+        )
+        .is_err());
+        assert!(check_subject(Kubelet, &subject(&["system:node:"], &["system:nodes"])).is_err());
+        assert!(check_subject(Kubelet, &subject(&["system:kube-proxy"], &[])).is_err());
+        assert!(check_subject(KubeProxy, &subject(&["system:kube-proxy"], &[])).is_ok());
+        assert!(check_subject(KubeProxy, &subject(&["admin"], &["system:masters"])).is_err());
+        assert!(check_subject(Other, &subject(&["flanneld"], &[])).is_ok());
+        assert!(check_subject(Other, &subject(&["admin"], &[])).is_err());
+        assert!(check_subject(Other, &subject(&["system:node:x"], &["system:nodes"])).is_err());
+        assert!(check_subject(Other, &subject(&[], &[])).is_err());
+    }
+
+    #[test]
+    fn token_kinds() {
+        assert_eq!(allowed_for("abc-kubelet"), Allowed::Kubelet);
+        assert_eq!(allowed_for("abc-proxy"), Allowed::KubeProxy);
+        assert_eq!(allowed_for("abc"), Allowed::Other);
+    }
+
+    #[test]
+    fn garbage_csr_is_an_error() {
+        assert!(csr_subject("CSR DATA").is_err());
+        assert!(csr_subject(
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+        )
+        .is_err());
+    }
+}
