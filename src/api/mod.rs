@@ -68,9 +68,7 @@ pub fn router(app: AppState, request_timeout: Duration) -> Router {
         .route("/cluster/api/v1.0/upgrade", v1::upgrade_route())
         .route("/cluster/api/v2.0/join", v2::join_route())
         .route("/cluster/api/v2.0/dqlite/remove", v2::dqlite_remove_route())
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            MAX_BODY_BYTES,
-        ));
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
     limited
         // Image tarballs are streamed to containerd: no body limit on this route.
         .route("/cluster/api/v2.0/image/import", v2::image_import_route())
@@ -152,6 +150,11 @@ where
     }
     if result.is_ok() && token.is_some() {
         app.metrics.token_consumed();
+    }
+    // A blocked source is not looking at tokens any more; recording each of its attempts
+    // would let it grow the audit log at will.
+    if matches!(result, Err(ApiError::TooManyRequests)) {
+        return result;
     }
     app.audit.record(&AuditEntry {
         time: crate::audit::now_rfc3339(),

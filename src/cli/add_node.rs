@@ -87,15 +87,34 @@ pub fn render(resp: &AddNodeResponse, format: Format, join_cmd: &str) -> String 
         }
         Format::Yaml => {
             // PyYAML's dump: keys sorted, list items not indented; print adds a blank line.
-            let mut out = format!("token: {}/{}\n", resp.token, resp.check);
-            out.push_str(&format!("token_string: {}\n", resp.token_string));
+            let mut out = format!(
+                "token: {}\n",
+                yaml_scalar(&format!("{}/{}", resp.token, resp.check))
+            );
+            out.push_str(&format!(
+                "token_string: {}\n",
+                yaml_scalar(&resp.token_string)
+            ));
             out.push_str("urls:\n");
             for u in &urls {
-                out.push_str(&format!("- {u}\n"));
+                out.push_str(&format!("- {}\n", yaml_scalar(u)));
             }
             out.push('\n');
             out
         }
+    }
+}
+
+/// A plain YAML scalar, single-quoted when YAML would read it as something else (an IPv6
+/// URL starts with `[`), as PyYAML does.
+fn yaml_scalar(s: &str) -> String {
+    let special = s.starts_with(['[', '{', '&', '*', '!', '|', '>', '\'', '"', '%', '@', '`'])
+        || s.contains(": ")
+        || s.contains(" #");
+    if special {
+        format!("'{}'", s.replace('\'', "''"))
+    } else {
+        s.to_string()
     }
 }
 
