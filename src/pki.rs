@@ -128,6 +128,14 @@ pub fn self_signed(spec: &LeafSpec) -> Result<PemPair, PkiError> {
     })
 }
 
+/// A certificate signing request for `spec` with a fresh key: `(csr_pem, key_pem)`.
+pub fn csr(spec: &LeafSpec) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let params = leaf_params(spec);
+    let csr = params.serialize_request(&key)?;
+    Ok((csr.pem()?, key.serialize_pem()))
+}
+
 /// A fresh private key alone (the service-account signing key).
 pub fn private_key_pem() -> Result<String, PkiError> {
     Ok(KeyPair::generate()?.serialize_pem())

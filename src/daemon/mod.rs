@@ -123,7 +123,12 @@ impl Daemon {
             Some(fd) => fd,
             None => read_failure_domain(&state)?,
         };
-        let tls = tls::server_config(&config.certfile, &config.keyfile, config.min_tls)?;
+        let tls = tls::server_config(
+            &config.certfile,
+            &config.keyfile,
+            Some(&state.layout().ca_crt()),
+            config.min_tls,
+        )?;
 
         let listener =
             TcpListener::bind(config.bind)

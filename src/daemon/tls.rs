@@ -75,9 +75,24 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Server config for :25000: HTTP/2 and HTTP/1.1, no client certificates.
-pub fn server_config(cert: &Path, key: &Path, min: MinTls) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs = load_certs(cert)?;
+/// Server config for :25000: HTTP/2 and HTTP/1.1, no client certificates. When the
+/// certificate file holds only the leaf, `ca` (if readable) is sent after it so joiners that
+/// pin the cluster CA can verify the chain; the leaf stays first, so MicroK8s's fingerprint
+/// check of the leaf is unaffected.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    ca: Option<&Path>,
+    min: MinTls,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut certs = load_certs(cert)?;
+    if certs.len() == 1 {
+        if let Some(ca) = ca.and_then(|p| load_certs(p).ok()) {
+            if let Some(first) = ca.into_iter().next().filter(|c| *c != certs[0]) {
+                certs.push(first);
+            }
+        }
+    }
     let private = load_key(key)?;
     let versions: &[&rustls::SupportedProtocolVersion] = match min {
         MinTls::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],

@@ -9,6 +9,7 @@
 //! - One daemon owns a state directory at a time ([`lock::StateLock`]).
 
 pub mod atomic;
+pub mod backup;
 pub mod layout;
 pub mod lock;
 
