@@ -5,6 +5,7 @@ pub mod args;
 pub mod bootstrap;
 pub mod cli;
 pub mod daemon;
+pub mod dqlite;
 pub mod goduration;
 pub mod kubeconfig;
 pub mod net;
