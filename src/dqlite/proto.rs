@@ -75,6 +75,8 @@ pub enum ProtoError {
     ZeroId,
     #[error("role {0} is not valid (0 voter, 1 stand-by, 2 spare)")]
     BadRole(u64),
+    #[error("unknown role {0:?} (voter, stand-by, spare)")]
+    UnknownRoleName(String),
     #[error("address is empty")]
     EmptyAddress,
     #[error("text contains a NUL byte")]
@@ -146,7 +148,7 @@ impl std::str::FromStr for Role {
             "voter" => Ok(Role::Voter),
             "stand-by" | "standby" => Ok(Role::StandBy),
             "spare" => Ok(Role::Spare),
-            _ => Err(ProtoError::BadRole(u64::MAX)),
+            other => Err(ProtoError::UnknownRoleName(other.to_string())),
         }
     }
 }
@@ -853,6 +855,11 @@ mod tests {
             Err(ProtoError::ZeroId)
         );
         assert_eq!(Role::from_code(3), Err(ProtoError::BadRole(3)));
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+            assert_eq!(Role::from_code(role.code()), Ok(role));
+        }
+        assert!("leader".parse::<Role>().is_err());
         assert_eq!(frame(0, &[]), Err(ProtoError::EmptyBody));
         // A NODES answer with an unknown role is rejected, not mapped.
         let mut bad = Response::Nodes(vec![NodeInfo {
