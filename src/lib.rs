@@ -9,6 +9,7 @@ pub mod client;
 pub mod connection;
 pub mod daemon;
 pub mod datastore;
+pub mod dqlite;
 pub mod goduration;
 pub mod kubeconfig;
 pub mod metrics;
