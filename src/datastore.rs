@@ -14,32 +14,7 @@ use crate::state::{StateDir, StateError};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// dqlite roles as numbered on the wire and in cluster.yaml.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(into = "u8", try_from = "u8")]
-pub enum Role {
-    Voter = 0,
-    StandBy = 1,
-    Spare = 2,
-}
-
-impl From<Role> for u8 {
-    fn from(r: Role) -> u8 {
-        r as u8
-    }
-}
-
-impl TryFrom<u8> for Role {
-    type Error = String;
-    fn try_from(v: u8) -> Result<Role, String> {
-        match v {
-            0 => Ok(Role::Voter),
-            1 => Ok(Role::StandBy),
-            2 => Ok(Role::Spare),
-            other => Err(format!("unknown dqlite role {other}")),
-        }
-    }
-}
+pub use crate::dqlite::Role;
 
 /// One member of the dqlite cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,12 +23,34 @@ pub struct Member {
     pub address: String,
     #[serde(rename = "ID", default)]
     pub id: u64,
-    #[serde(rename = "Role", default = "default_role")]
+    #[serde(rename = "Role", default = "default_role", with = "role_code")]
     pub role: Role,
 }
 
 fn default_role() -> Role {
     Role::Voter
+}
+
+/// Roles are numbers in cluster.yaml (0 voter, 1 stand-by, 2 spare).
+mod role_code {
+    use super::Role;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(role: &Role, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(role.code())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
+        let code = u64::deserialize(d)?;
+        Role::from_code(code).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Liveness and placement of one member, from DESCRIBE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberMetadata {
+    pub failure_domain: u64,
+    pub weight: u64,
 }
 
 impl Member {
@@ -92,11 +89,19 @@ pub enum DatastoreError {
 
 /// The datastore as seen by the join and remove endpoints.
 pub trait Datastore: Send + Sync {
+    /// Current members, from the leader when there is one.
     fn members(&self) -> BoxFuture<'_, Result<Vec<Member>, DatastoreError>>;
     fn remove_by_address<'a>(
         &'a self,
         address: &'a str,
     ) -> BoxFuture<'a, Result<(), DatastoreError>>;
+    /// Asks one member directly for its metadata: answers only if it is alive.
+    fn describe<'a>(
+        &'a self,
+        address: &'a str,
+    ) -> BoxFuture<'a, Result<MemberMetadata, DatastoreError>>;
+    /// The leader's address, if one can be found.
+    fn leader(&self) -> BoxFuture<'_, Result<Option<String>, DatastoreError>>;
 }
 
 /// Reads `var/kubernetes/backend/cluster.yaml`.
@@ -136,6 +141,111 @@ impl Datastore for ClusterYaml {
             Err(DatastoreError::Unavailable(format!(
                 "cannot remove {address}: no dqlite client configured"
             )))
+        })
+    }
+
+    fn describe<'a>(
+        &'a self,
+        address: &'a str,
+    ) -> BoxFuture<'a, Result<MemberMetadata, DatastoreError>> {
+        Box::pin(async move {
+            Err(DatastoreError::Unavailable(format!(
+                "cannot reach {address}: no dqlite client configured"
+            )))
+        })
+    }
+
+    fn leader(&self) -> BoxFuture<'_, Result<Option<String>, DatastoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// The live dqlite cluster, through our wire-protocol client (mutual TLS with the cluster
+/// certificate, as go-dqlite and k8s-dqlite).
+pub struct Dqlite {
+    pub client: crate::dqlite::Client,
+}
+
+impl Dqlite {
+    /// Seeds: `cluster.yaml` addresses plus `extra` (the local member). No I/O happens until
+    /// the first call.
+    pub fn new(state: &StateDir, extra: &[String]) -> Result<Dqlite, DatastoreError> {
+        let layout = state.layout();
+        let tls = crate::dqlite::ClientTls::load(
+            &layout.backend("cluster.crt"),
+            &layout.backend("cluster.key"),
+        )
+        .map_err(|e| DatastoreError::Unavailable(e.to_string()))?;
+        let mut seeds: Vec<String> = extra.to_vec();
+        for m in (ClusterYaml {
+            state: state.clone(),
+        })
+        .read()?
+        {
+            if !seeds.contains(&m.address) {
+                seeds.push(m.address);
+            }
+        }
+        let opts = crate::dqlite::Options {
+            call_timeout: std::time::Duration::from_secs(20),
+            ..Default::default()
+        };
+        let client = crate::dqlite::Client::new(seeds, Some(tls), opts)
+            .map_err(|e| DatastoreError::Unavailable(e.to_string()))?;
+        Ok(Dqlite { client })
+    }
+}
+
+fn unavailable(e: crate::dqlite::ClientError) -> DatastoreError {
+    DatastoreError::Unavailable(e.to_string())
+}
+
+impl Datastore for Dqlite {
+    fn members(&self) -> BoxFuture<'_, Result<Vec<Member>, DatastoreError>> {
+        Box::pin(async move {
+            let nodes = self.client.cluster().await.map_err(unavailable)?;
+            Ok(nodes
+                .into_iter()
+                .map(|n| Member {
+                    address: n.address,
+                    id: n.id,
+                    role: n.role,
+                })
+                .collect())
+        })
+    }
+
+    fn remove_by_address<'a>(
+        &'a self,
+        address: &'a str,
+    ) -> BoxFuture<'a, Result<(), DatastoreError>> {
+        Box::pin(async move {
+            let members = self.members().await?;
+            let member = members
+                .iter()
+                .find(|m| m.address == address)
+                .ok_or_else(|| DatastoreError::NoSuchMember(address.to_string()))?;
+            self.client.remove(member.id).await.map_err(unavailable)
+        })
+    }
+
+    fn describe<'a>(
+        &'a self,
+        address: &'a str,
+    ) -> BoxFuture<'a, Result<MemberMetadata, DatastoreError>> {
+        Box::pin(async move {
+            let m = self.client.describe(address).await.map_err(unavailable)?;
+            Ok(MemberMetadata {
+                failure_domain: m.failure_domain,
+                weight: m.weight,
+            })
+        })
+    }
+
+    fn leader(&self) -> BoxFuture<'_, Result<Option<String>, DatastoreError>> {
+        Box::pin(async move {
+            let leader = self.client.leader().await.map_err(unavailable)?;
+            Ok(Some(leader.address))
         })
     }
 }

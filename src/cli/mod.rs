@@ -4,6 +4,7 @@
 
 pub mod add_node;
 pub mod daemon;
+pub mod status;
 
 use std::path::PathBuf;
 
@@ -47,6 +48,8 @@ pub enum Command {
     ClusterAgent(daemon::DaemonArgs),
     /// Issue a join token and print the commands that join another node to this one.
     AddNode(add_node::AddNodeArgs),
+    /// Show the datastore members: roles, failure domains, liveness.
+    Status(status::StatusArgs),
 }
 
 /// An error that carries the exit code a script should see.
@@ -64,6 +67,7 @@ pub fn run(cli: Cli, env: Environment) -> anyhow::Result<()> {
             daemon::run(args, cli.state_dir, env)
         }
         Command::AddNode(args) => add_node::run(args, cli.state_dir, env),
+        Command::Status(args) => status::run(args, cli.state_dir, env),
     }
 }
 

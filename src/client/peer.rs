@@ -49,7 +49,9 @@ impl ServerCertVerifier for PinnedVerifier {
                 if sha256_hex(end_entity).starts_with(&prefix.to_ascii_lowercase()) {
                     Ok(ServerCertVerified::assertion())
                 } else {
-                    Err(rustls::Error::General("server certificate fingerprint mismatch".into()))
+                    Err(rustls::Error::General(
+                        "server certificate fingerprint mismatch".into(),
+                    ))
                 }
             }
             Pin::Ca(hash) => {
@@ -57,7 +59,9 @@ impl ServerCertVerifier for PinnedVerifier {
                     .iter()
                     .find(|c| sha256_hex(c).eq_ignore_ascii_case(hash))
                     .ok_or_else(|| {
-                        rustls::Error::General("the server did not present the pinned cluster CA".into())
+                        rustls::Error::General(
+                            "the server did not present the pinned cluster CA".into(),
+                        )
                     })?;
                 let mut roots = rustls::RootCertStore::empty();
                 roots
@@ -80,7 +84,12 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -89,11 +98,18 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -104,7 +120,11 @@ pub enum PeerError {
 }
 
 /// A reqwest client pinned to `pin`, connecting from `local` when given.
-pub fn client(pin: Pin, local: Option<IpAddr>, timeout: Duration) -> Result<reqwest::Client, PeerError> {
+pub fn client(
+    pin: Pin,
+    local: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<reqwest::Client, PeerError> {
     let provider = crate::daemon::tls::provider();
     let verifier = Arc::new(PinnedVerifier {
         pin,
@@ -123,7 +143,9 @@ pub fn client(pin: Pin, local: Option<IpAddr>, timeout: Duration) -> Result<reqw
     if let Some(ip) = local.filter(|ip| !ip.is_unspecified()) {
         builder = builder.local_address(ip);
     }
-    builder.build().map_err(|e| PeerError::Client(e.to_string()))
+    builder
+        .build()
+        .map_err(|e| PeerError::Client(e.to_string()))
 }
 
 /// `https://ip:port` with IPv6 bracketed.

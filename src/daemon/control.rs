@@ -56,6 +56,7 @@ pub fn router(app: AppState, info: DaemonInfo) -> Router {
     Router::new()
         .route("/v3/local/info", get(info_handler))
         .route("/v3/local/add-node", post(add_node_handler))
+        .route("/v3/local/status", get(status_handler))
         .fallback(crate::api::not_found)
         .with_state(ControlState { app, info })
 }
@@ -73,4 +74,10 @@ async fn add_node_handler(
     let resp = crate::ops::add_node::add_node(&s.app.node, req).await?;
     s.app.metrics.token_issued();
     Ok(Json(resp))
+}
+
+async fn status_handler(
+    axum::extract::State(s): axum::extract::State<ControlState>,
+) -> Json<crate::ops::status::StatusReport> {
+    Json(crate::ops::status::status(&s.app.node).await)
 }

@@ -313,7 +313,7 @@ pub async fn join_v2(
 /// control plane; without an API server the datastore is the source of truth.)
 fn control_plane_ips(members: &[crate::datastore::Member], node: &Node) -> Vec<String> {
     let mut sorted: Vec<_> = members.iter().collect();
-    sorted.sort_by_key(|m| m.role as u8);
+    sorted.sort_by_key(|m| m.role.code());
     let mut out: Vec<String> = Vec::new();
     for m in sorted {
         let host = m.host().to_string();

@@ -10,6 +10,7 @@ pub mod callbacks;
 pub mod decode;
 pub mod join;
 pub mod sign_cert;
+pub mod status;
 
 use crate::datastore::DatastoreError;
 use crate::state::StateError;

@@ -88,7 +88,10 @@ mod tests {
         backup.restore().unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), b"old");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&a).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&a).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(!b.exists());
     }
 }

@@ -1,0 +1,208 @@
+//! `cluster-agent status`: MicroK8s's high-availability section plus a table of every
+//! datastore member with its role, failure domain and whether it answers.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use crate::client::local::LocalClient;
+use crate::ops::status::StatusReport;
+use crate::state::{resolve_state_dir, Environment, StateDir};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Pretty,
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[arg(long, value_enum, default_value_t = Format::Pretty)]
+    pub format: Format,
+}
+
+fn addresses(report: &StatusReport, role: &str) -> String {
+    let list: Vec<&str> = report
+        .members
+        .iter()
+        .filter(|m| m.role == role)
+        .map(|m| m.address.as_str())
+        .collect();
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.join(" ")
+    }
+}
+
+/// `high-availability: yes` only with more than two voters, as MicroK8s.
+pub fn high_availability(report: &StatusReport) -> bool {
+    report.members.iter().filter(|m| m.role == "voter").count() > 2
+}
+
+pub fn render(report: &StatusReport, format: Format) -> String {
+    match format {
+        Format::Json => format!(
+            "{}\n",
+            serde_json::to_string_pretty(report).unwrap_or_default()
+        ),
+        Format::Yaml => {
+            let py = |b: bool| if b { "True" } else { "False" };
+            let mut out = String::from("high-availability:\n");
+            out.push_str(&format!("  enabled: {}\n", py(report.ha_cluster)));
+            if report.ha_cluster {
+                out.push_str("  nodes:\n");
+                for m in &report.members {
+                    out.push_str(&format!(
+                        "    - address: {}\n      role: {}\n",
+                        m.address, m.role
+                    ));
+                    out.push_str(&format!("      id: {}\n", m.id));
+                    match m.failure_domain {
+                        Some(d) => out.push_str(&format!("      failure-domain: {d}\n")),
+                        None => out.push_str("      failure-domain: null\n"),
+                    }
+                    out.push_str(&format!("      reachable: {}\n", py(m.reachable)));
+                }
+            }
+            if let Some(e) = &report.error {
+                out.push_str(&format!(
+                    "  message: {}\n",
+                    serde_json::to_string(e).unwrap_or_default()
+                ));
+            }
+            out
+        }
+        Format::Pretty => {
+            let mut out = String::new();
+            if report.worker {
+                out.push_str("This MicroK8s deployment is acting as a node in a cluster.\nPlease use the control plane node.\n");
+                return out;
+            }
+            out.push_str(&format!(
+                "high-availability: {}\n",
+                if high_availability(report) {
+                    "yes"
+                } else {
+                    "no"
+                }
+            ));
+            out.push_str(&format!(
+                "  datastore master nodes: {}\n",
+                addresses(report, "voter")
+            ));
+            out.push_str(&format!(
+                "  datastore standby nodes: {}\n",
+                addresses(report, "standby")
+            ));
+            if let Some(e) = &report.error {
+                out.push_str(&format!("datastore: unavailable ({e})\n"));
+                return out;
+            }
+            out.push_str("datastore members:\n");
+            let width = report
+                .members
+                .iter()
+                .map(|m| m.address.len())
+                .max()
+                .unwrap_or(7)
+                .max(7);
+            out.push_str(&format!(
+                "  {:<width$}  {:<20}  {:<7}  {:<6}  {}\n",
+                "ADDRESS", "ID", "ROLE", "DOMAIN", "REACHABLE"
+            ));
+            for m in &report.members {
+                let role = if m.leader {
+                    format!("{}*", m.role)
+                } else {
+                    m.role.clone()
+                };
+                out.push_str(&format!(
+                    "  {:<width$}  {:<20}  {:<7}  {:<6}  {}\n",
+                    m.address,
+                    m.id,
+                    role,
+                    m.failure_domain
+                        .map(|d| d.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    if m.reachable { "yes" } else { "NO" }
+                ));
+            }
+            out.push_str("  (* = raft leader)\n");
+            out
+        }
+    }
+}
+
+pub fn run(args: StatusArgs, state_dir: Option<PathBuf>, env: Environment) -> anyhow::Result<()> {
+    let state = StateDir::new(resolve_state_dir(state_dir.as_deref(), &env));
+    let client = LocalClient::new(&state.layout().control_socket());
+    let report: StatusReport = super::block_on(client.get("/v3/local/status"))??;
+    print!("{}", render(&report, args.format));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::status::MemberStatus;
+
+    fn member(addr: &str, role: &str, reachable: bool) -> MemberStatus {
+        MemberStatus {
+            id: 1,
+            address: addr.into(),
+            role: role.into(),
+            failure_domain: reachable.then_some(1),
+            reachable,
+            leader: false,
+        }
+    }
+
+    fn report(members: Vec<MemberStatus>) -> StatusReport {
+        StatusReport {
+            ha_cluster: true,
+            worker: false,
+            members,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn microk8s_ha_section() {
+        let r = report(vec![
+            member("10.0.0.1:19001", "voter", true),
+            member("10.0.0.2:19001", "voter", true),
+            member("10.0.0.3:19001", "voter", false),
+            member("10.0.0.4:19001", "spare", true),
+        ]);
+        let out = render(&r, Format::Pretty);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "high-availability: yes");
+        assert_eq!(
+            lines[1],
+            "  datastore master nodes: 10.0.0.1:19001 10.0.0.2:19001 10.0.0.3:19001"
+        );
+        assert_eq!(lines[2], "  datastore standby nodes: none");
+        assert!(out
+            .lines()
+            .any(|l| l.contains("10.0.0.3:19001") && l.ends_with("NO")));
+        let two = report(vec![
+            member("a:1", "voter", true),
+            member("b:1", "voter", true),
+        ]);
+        assert!(render(&two, Format::Pretty).starts_with("high-availability: no\n"));
+    }
+
+    #[test]
+    fn yaml_and_json_parse() {
+        let r = report(vec![member("10.0.0.1:19001", "voter", true)]);
+        let y: serde_yaml::Value = serde_yaml::from_str(&render(&r, Format::Yaml)).unwrap();
+        assert_eq!(
+            y["high-availability"]["nodes"][0]["role"].as_str(),
+            Some("voter")
+        );
+        let j: StatusReport = serde_json::from_str(&render(&r, Format::Json)).unwrap();
+        assert_eq!(j, r);
+    }
+}
