@@ -131,7 +131,11 @@ pub fn self_signed(spec: &LeafSpec) -> Result<PemPair, PkiError> {
 /// A certificate signing request for `spec` with a fresh key: `(csr_pem, key_pem)`.
 pub fn csr(spec: &LeafSpec) -> Result<(String, String), PkiError> {
     let key = KeyPair::generate()?;
-    let params = leaf_params(spec);
+    // A CSR carries only the subject and SANs; usages and validity are the signer's choice.
+    let full = leaf_params(spec);
+    let mut params = CertificateParams::default();
+    params.distinguished_name = full.distinguished_name;
+    params.subject_alt_names = full.subject_alt_names;
     let csr = params.serialize_request(&key)?;
     Ok((csr.pem()?, key.serialize_pem()))
 }
@@ -287,6 +291,23 @@ mod tests {
         assert_eq!(fp.len(), 12);
         let der = first_cert_der(&pair.cert_pem, "x").unwrap();
         assert!(hex(&Sha256::digest(der)).starts_with(&fp));
+    }
+
+    #[test]
+    fn csr_round_trip_through_the_ca() {
+        let ca = Authority::generate("ca").unwrap();
+        let (csr, _key) = csr(&LeafSpec {
+            common_name: "system:node:w1".into(),
+            organization: Some("system:nodes".into()),
+            dns_names: vec!["w1".into()],
+            ips: vec!["10.0.0.9".parse().unwrap()],
+            ..Default::default()
+        })
+        .unwrap();
+        let pem = ca.sign_csr(&csr).unwrap();
+        let der = first_cert_der(&pem, "leaf").unwrap();
+        let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert!(x.subject().to_string().contains("system:node:w1"));
     }
 
     #[test]

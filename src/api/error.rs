@@ -38,6 +38,7 @@ impl ApiError {
                 OpError::NotHa => StatusCode::NOT_IMPLEMENTED,
                 OpError::PortMismatch(_) => StatusCode::BAD_GATEWAY,
                 OpError::SameIp(_) => StatusCode::SERVICE_UNAVAILABLE,
+                OpError::Exit { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             },
         }
     }
@@ -76,7 +77,12 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let body = serde_json::json!({ "error": message });
+        let body = match &self {
+            ApiError::Op(OpError::Exit { code, .. }) => {
+                serde_json::json!({ "error": message, "exit_code": code })
+            }
+            _ => serde_json::json!({ "error": message }),
+        };
         (self.status(), axum::Json(body)).into_response()
     }
 }

@@ -4,6 +4,8 @@
 
 pub mod add_node;
 pub mod daemon;
+pub mod join;
+pub mod leave;
 pub mod status;
 
 use std::path::PathBuf;
@@ -50,6 +52,10 @@ pub enum Command {
     AddNode(add_node::AddNodeArgs),
     /// Show the datastore members: roles, failure domains, liveness.
     Status(status::StatusArgs),
+    /// Join the node to a cluster.
+    Join(join::JoinArgs),
+    /// The node will depart from the cluster it is in.
+    Leave(leave::LeaveArgs),
 }
 
 /// An error that carries the exit code a script should see.
@@ -68,6 +74,8 @@ pub fn run(cli: Cli, env: Environment) -> anyhow::Result<()> {
         }
         Command::AddNode(args) => add_node::run(args, cli.state_dir, env),
         Command::Status(args) => status::run(args, cli.state_dir, env),
+        Command::Join(args) => join::run(args, cli.state_dir, env),
+        Command::Leave(args) => leave::run(args, cli.state_dir, env),
     }
 }
 
@@ -84,6 +92,13 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if let Some(f) = cause.downcast_ref::<Failure>() {
             return f.code;
+        }
+        if let Some(crate::client::local::LocalError::Daemon {
+            exit_code: Some(code),
+            ..
+        }) = cause.downcast_ref()
+        {
+            return *code;
         }
     }
     exit::FAILURE

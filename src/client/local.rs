@@ -14,8 +14,13 @@ use tokio::net::UnixStream;
 pub enum LocalError {
     #[error("cannot reach the cluster-agent daemon at {path}: {reason}. Is it running? (start it with `cluster-agent daemon`)")]
     Unreachable { path: PathBuf, reason: String },
-    #[error("the daemon answered {status}: {message}")]
-    Daemon { status: u16, message: String },
+    /// A refusal of the requested operation: its message is for the user as it is.
+    #[error("{message}")]
+    Daemon {
+        status: u16,
+        message: String,
+        exit_code: Option<u8>,
+    },
     #[error("unexpected answer from the daemon: {0}")]
     Protocol(String),
 }
@@ -82,11 +87,20 @@ impl LocalClient {
             .map_err(|e| LocalError::Protocol(e.to_string()))?
             .to_bytes();
         if status != 200 {
-            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
+            let json = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+            let message = json
+                .as_ref()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(LocalError::Daemon { status, message });
+            let exit_code = json
+                .as_ref()
+                .and_then(|v| v.get("exit_code").and_then(|c| c.as_u64()))
+                .and_then(|c| u8::try_from(c).ok());
+            return Err(LocalError::Daemon {
+                status,
+                message,
+                exit_code,
+            });
         }
         serde_json::from_slice(&bytes).map_err(|e| LocalError::Protocol(e.to_string()))
     }

@@ -57,6 +57,8 @@ pub fn router(app: AppState, info: DaemonInfo) -> Router {
         .route("/v3/local/info", get(info_handler))
         .route("/v3/local/add-node", post(add_node_handler))
         .route("/v3/local/status", get(status_handler))
+        .route("/v3/local/join", post(join_handler))
+        .route("/v3/local/leave", post(leave_handler))
         .fallback(crate::api::not_found)
         .with_state(ControlState { app, info })
 }
@@ -80,4 +82,19 @@ async fn status_handler(
     axum::extract::State(s): axum::extract::State<ControlState>,
 ) -> Json<crate::ops::status::StatusReport> {
     Json(crate::ops::status::status(&s.app.node).await)
+}
+
+async fn join_handler(
+    axum::extract::State(s): axum::extract::State<ControlState>,
+    Json(req): Json<crate::ops::joiner::JoinClusterRequest>,
+) -> Result<Json<crate::ops::joiner::JoinClusterResponse>, crate::api::ApiError> {
+    Ok(Json(
+        crate::ops::joiner::join_cluster(&s.app.node, req).await?,
+    ))
+}
+
+async fn leave_handler(
+    axum::extract::State(s): axum::extract::State<ControlState>,
+) -> Result<Json<crate::ops::leave::LeaveResponse>, crate::api::ApiError> {
+    Ok(Json(crate::ops::leave::leave(&s.app.node).await?))
 }

@@ -9,6 +9,8 @@ pub mod add_node;
 pub mod callbacks;
 pub mod decode;
 pub mod join;
+pub mod joiner;
+pub mod leave;
 pub mod sign_cert;
 pub mod status;
 
@@ -41,6 +43,18 @@ pub enum OpError {
     /// Our own fault; details are logged, not sent.
     #[error("{0}")]
     Internal(String),
+    /// A CLI-facing failure with the exit code scripts expect (MicroK8s's where it has one).
+    #[error("{message}")]
+    Exit { code: u8, message: String },
+}
+
+impl OpError {
+    pub fn exit(code: u8, message: impl Into<String>) -> OpError {
+        OpError::Exit {
+            code,
+            message: message.into(),
+        }
+    }
 }
 
 impl From<StateError> for OpError {
