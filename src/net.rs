@@ -29,27 +29,39 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-/// Addresses of all interfaces, without link-local ones, IPv4 before IPv6, de-duplicated.
-pub fn local_addresses() -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = Vec::new();
-    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
-        for ifa in addrs {
-            let Some(addr) = ifa.address else { continue };
-            let ip = if let Some(v4) = addr.as_sockaddr_in() {
-                IpAddr::V4(v4.ip())
-            } else if let Some(v6) = addr.as_sockaddr_in6() {
-                IpAddr::V6(v6.ip())
-            } else {
-                continue;
+/// Every interface address as `(interface name, ip)`, in the kernel's order.
+fn interface_addresses() -> Vec<(String, IpAddr)> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter_map(|ifa| {
+            let addr = ifa.address?;
+            let ip = match (addr.as_sockaddr_in(), addr.as_sockaddr_in6()) {
+                (Some(v4), _) => IpAddr::V4(v4.ip()),
+                (None, Some(v6)) => IpAddr::V6(v6.ip()),
+                _ => return None,
             };
-            if is_link_local(&ip) || out.contains(&ip) {
-                continue;
-            }
+            Some((ifa.interface_name, ip))
+        })
+        .collect()
+}
+
+/// De-duplicated addresses passing `keep`, IPv4 before IPv6.
+fn select_addresses(keep: impl Fn(&str, &IpAddr) -> bool) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for (iface, ip) in interface_addresses() {
+        if keep(&iface, &ip) && !out.contains(&ip) {
             out.push(ip);
         }
     }
     out.sort_by_key(|ip| ip.is_ipv6());
     out
+}
+
+/// Addresses of all interfaces, without link-local ones, IPv4 before IPv6, de-duplicated.
+pub fn local_addresses() -> Vec<IpAddr> {
+    select_addresses(|_, ip| !is_link_local(ip))
 }
 
 pub fn is_link_local(ip: &IpAddr) -> bool {
@@ -70,42 +82,19 @@ const CNI_INTERFACES: &[&str] = &["vxlan.calico", "flannel.1", "cni0", "ovn0"];
 /// Addresses a joining node may use to reach this one: every non-loopback, non-link-local
 /// address of a non-CNI interface, IPv4 first.
 pub fn advertised_addresses() -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = Vec::new();
-    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
-        for ifa in addrs {
-            if CNI_INTERFACES.contains(&ifa.interface_name.as_str()) {
-                continue;
-            }
-            let Some(addr) = ifa.address else { continue };
-            let ip = if let Some(v4) = addr.as_sockaddr_in() {
-                IpAddr::V4(v4.ip())
-            } else if let Some(v6) = addr.as_sockaddr_in6() {
-                IpAddr::V6(v6.ip())
-            } else {
-                continue;
-            };
-            if ip.is_loopback() || is_link_local(&ip) || out.contains(&ip) {
-                continue;
-            }
-            out.push(ip);
-        }
-    }
-    out.sort_by_key(|ip| ip.is_ipv6());
-    out
+    select_addresses(|iface, ip| {
+        !CNI_INTERFACES.contains(&iface) && !ip.is_loopback() && !is_link_local(ip)
+    })
 }
 
 /// The first IPv4 address of the interface holding the default route.
 pub fn default_ipv4() -> Option<IpAddr> {
     let routes = std::fs::read_to_string("/proc/net/route").ok()?;
     let iface = default_route_interface(&routes)?;
-    nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
-        (ifa.interface_name == iface)
-            .then(|| {
-                ifa.address
-                    .and_then(|a| a.as_sockaddr_in().map(|v4| IpAddr::V4(v4.ip())))
-            })
-            .flatten()
-    })
+    interface_addresses()
+        .into_iter()
+        .find(|(name, ip)| *name == iface && ip.is_ipv4())
+        .map(|(_, ip)| ip)
 }
 
 /// The interface of the first default route in `/proc/net/route` text.

@@ -30,6 +30,20 @@ pub struct Node {
 }
 
 impl Node {
+    /// The node over `state`, with the datastore read from `cluster.yaml` until a live one is
+    /// attached.
+    pub fn new(state: StateDir, services: Arc<dyn ServiceManager>, settings: NodeSettings) -> Node {
+        Node {
+            tokens: TokenStore::new(state.clone(), Arc::new(crate::tokens::SystemClock)),
+            datastore: Arc::new(crate::datastore::ClusterYaml {
+                state: state.clone(),
+            }),
+            services,
+            settings: Arc::new(settings),
+            state,
+        }
+    }
+
     /// `$SNAP`, if running inside the snap.
     pub fn snap_dir(&self) -> Option<&std::path::Path> {
         self.settings.env.snap.as_deref()

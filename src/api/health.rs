@@ -21,22 +21,15 @@ mod tests {
 
     fn app() -> axum::Router {
         let state = StateDir::new("/nonexistent");
-        let node = crate::node::Node {
-            tokens: crate::tokens::TokenStore::new(
-                state.clone(),
-                Arc::new(crate::tokens::SystemClock),
-            ),
-            datastore: Arc::new(crate::datastore::ClusterYaml {
-                state: state.clone(),
-            }),
-            services: Arc::new(NoServices),
-            settings: Arc::new(crate::node::NodeSettings {
+        let node = crate::node::Node::new(
+            state,
+            Arc::new(NoServices),
+            crate::node::NodeSettings {
                 bind: "127.0.0.1:25000".parse().unwrap(),
                 capi_token_file: "/nonexistent/capi".into(),
                 env: Default::default(),
-            }),
-            state,
-        };
+            },
+        );
         let limiter = crate::ratelimit::RateLimiter::new(10, Duration::from_secs(60));
         router(AppState::new(node, limiter), Duration::from_secs(5))
     }

@@ -140,22 +140,15 @@ impl Daemon {
         let control = control::bind(&state.layout().control_socket())?;
         let services =
             services::manager(config.service_manager, state.layout().marker("lite.lock"));
-        let node = crate::node::Node {
-            tokens: crate::tokens::TokenStore::new(
-                state.clone(),
-                Arc::new(crate::tokens::SystemClock),
-            ),
-            datastore: Arc::new(crate::datastore::ClusterYaml {
-                state: state.clone(),
-            }),
+        let node = crate::node::Node::new(
+            state,
             services,
-            settings: Arc::new(crate::node::NodeSettings {
+            crate::node::NodeSettings {
                 bind: config.bind,
                 capi_token_file: config.capi_token_file.clone(),
                 env: config.env.clone(),
-            }),
-            state,
-        };
+            },
+        );
         let limiter = crate::ratelimit::RateLimiter::new(
             config.auth_failure_limit,
             config.auth_failure_window,
