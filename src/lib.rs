@@ -18,6 +18,7 @@ pub mod node;
 pub mod ops;
 pub mod pki;
 pub mod ratelimit;
+pub mod roles;
 pub mod secret;
 pub mod services;
 pub mod state;

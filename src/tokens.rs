@@ -304,6 +304,30 @@ impl TokenStore {
         Ok(secret_eq(&own, token))
     }
 
+    /// Drops the `callback-tokens.txt` lines of hosts for which `is_gone(host)` holds.
+    pub fn remove_peer_callback_tokens(
+        &self,
+        is_gone: impl Fn(&str) -> bool,
+    ) -> Result<(), TokenError> {
+        let _g = self.guard()?;
+        let text = self.read(CALLBACK_TOKENS)?;
+        if text.is_empty() {
+            return Ok(());
+        }
+        let kept: String = text
+            .lines()
+            .filter(|line| {
+                let endpoint = line.split_whitespace().next().unwrap_or("");
+                !is_gone(crate::datastore::host_of(endpoint))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if kept != text {
+            self.write(CALLBACK_TOKENS, &kept)?;
+        }
+        Ok(())
+    }
+
     /// Records the callback token of a node that joined through v1 (`host:port token`).
     pub fn add_peer_callback_token(&self, endpoint: &str, token: &str) -> Result<(), TokenError> {
         let _g = self.guard()?;

@@ -6,6 +6,7 @@ pub mod add_node;
 pub mod daemon;
 pub mod join;
 pub mod leave;
+pub mod remove_node;
 pub mod status;
 
 use std::path::PathBuf;
@@ -56,6 +57,8 @@ pub enum Command {
     Join(join::JoinArgs),
     /// The node will depart from the cluster it is in.
     Leave(leave::LeaveArgs),
+    /// Remove a node from the cluster.
+    RemoveNode(remove_node::RemoveNodeArgs),
 }
 
 /// An error that carries the exit code a script should see.
@@ -76,6 +79,7 @@ pub fn run(cli: Cli, env: Environment) -> anyhow::Result<()> {
         Command::Status(args) => status::run(args, cli.state_dir, env),
         Command::Join(args) => join::run(args, cli.state_dir, env),
         Command::Leave(args) => leave::run(args, cli.state_dir, env),
+        Command::RemoveNode(args) => remove_node::run(args, cli.state_dir, env),
     }
 }
 

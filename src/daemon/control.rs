@@ -59,6 +59,7 @@ pub fn router(app: AppState, info: DaemonInfo) -> Router {
         .route("/v3/local/status", get(status_handler))
         .route("/v3/local/join", post(join_handler))
         .route("/v3/local/leave", post(leave_handler))
+        .route("/v3/local/remove-node", post(remove_node_handler))
         .fallback(crate::api::not_found)
         .with_state(ControlState { app, info })
 }
@@ -97,4 +98,13 @@ async fn leave_handler(
     axum::extract::State(s): axum::extract::State<ControlState>,
 ) -> Result<Json<crate::ops::leave::LeaveResponse>, crate::api::ApiError> {
     Ok(Json(crate::ops::leave::leave(&s.app.node).await?))
+}
+
+async fn remove_node_handler(
+    axum::extract::State(s): axum::extract::State<ControlState>,
+    Json(req): Json<crate::ops::remove_node::RemoveNodeRequest>,
+) -> Result<Json<crate::ops::remove_node::RemoveNodeResponse>, crate::api::ApiError> {
+    Ok(Json(
+        crate::ops::remove_node::remove_node(&s.app.node, req).await?,
+    ))
 }

@@ -11,6 +11,7 @@ pub mod decode;
 pub mod join;
 pub mod joiner;
 pub mod leave;
+pub mod remove_node;
 pub mod sign_cert;
 pub mod status;
 

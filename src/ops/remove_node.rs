@@ -1,0 +1,234 @@
+//! `remove-node <name|ip|id> [--force]` on a control-plane node: removes a member from the
+//! dqlite cluster. A registered member is only removed with `--force` (run `leave` on it
+//! first otherwise), matching by exact IP or id, never by substring (MicroK8s's prefix match
+//! can pick the wrong node). The departed node can then join again with a new token.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::joiner::EXIT_FAILURE;
+use super::OpError;
+use crate::datastore::{address_is_ip, host_of, Member};
+use crate::node::Node;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveNodeRequest {
+    pub node: String,
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveNodeResponse {
+    pub messages: Vec<String>,
+}
+
+/// How the user named the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeRef {
+    Ip(IpAddr),
+    Id(u64),
+    Name(String),
+}
+
+pub fn parse_node_ref(s: &str) -> NodeRef {
+    let s = s.trim();
+    let unbracketed = s.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = unbracketed.parse() {
+        NodeRef::Ip(ip)
+    } else if let Ok(id) = s.parse() {
+        NodeRef::Id(id)
+    } else {
+        NodeRef::Name(s.to_string())
+    }
+}
+
+/// Members matching any of `ips` exactly, or `id`.
+pub fn matching<'a>(members: &'a [Member], ips: &[IpAddr], id: Option<u64>) -> Vec<&'a Member> {
+    members
+        .iter()
+        .filter(|m| Some(m.id) == id || ips.iter().any(|ip| address_is_ip(&m.address, ip)))
+        .collect()
+}
+
+async fn resolve(name: &str) -> Vec<IpAddr> {
+    match tokio::net::lookup_host((name, 0)).await {
+        Ok(addrs) => addrs.map(|a| a.ip()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+pub async fn remove_node(
+    node: &Node,
+    req: RemoveNodeRequest,
+) -> Result<RemoveNodeResponse, OpError> {
+    if node.state.has_marker("clustered.lock") {
+        return Err(OpError::exit(
+            EXIT_FAILURE,
+            "This MicroK8s deployment is acting as a node in a cluster. Please use microk8s leave.",
+        ));
+    }
+    if req.node.trim().is_empty() {
+        return Err(OpError::exit(
+            EXIT_FAILURE,
+            "Please provide the node you want to remove.",
+        ));
+    }
+    let (ips, id) = match parse_node_ref(&req.node) {
+        NodeRef::Ip(ip) => (vec![ip], None),
+        NodeRef::Id(id) => (Vec::new(), Some(id)),
+        NodeRef::Name(name) => (resolve(&name).await, None),
+    };
+    let members = node.datastore.members().await.map_err(|e| {
+        OpError::exit(
+            EXIT_FAILURE,
+            format!("Cannot read the datastore membership: {e}"),
+        )
+    })?;
+    let found = matching(&members, &ips, id);
+    let mut messages = Vec::new();
+    let bind_ip = node.settings.bind.ip();
+    for m in &found {
+        if host_of(&m.address).parse::<IpAddr>().ok() == Some(bind_ip) {
+            return Err(OpError::exit(
+                EXIT_FAILURE,
+                format!("{} is this node. Run 'leave' on it instead.", req.node),
+            ));
+        }
+    }
+    match found.as_slice() {
+        [] => {
+            if !req.force {
+                return Err(OpError::exit(
+                    EXIT_FAILURE,
+                    format!("Node {} is not part of the cluster.", req.node),
+                ));
+            }
+            messages.push(format!(
+                "Node {} is not a datastore member; nothing to remove there.",
+                req.node
+            ));
+        }
+        [member] => {
+            let alive = tokio::time::timeout(
+                super::status::PROBE_TIMEOUT,
+                node.datastore.describe(&member.address),
+            )
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false);
+            if !req.force {
+                let state = if alive {
+                    "is a live member"
+                } else {
+                    "is registered (and unreachable)"
+                };
+                return Err(OpError::exit(
+                    EXIT_FAILURE,
+                    format!(
+                        "Removal failed. Node {} {state} of the datastore ({}). Please, run first 'leave' on the departing node. If the node is not available anymore and will never attempt to join the cluster in the future use the '--force' flag to unregister the node while removing it.",
+                        req.node, member.address
+                    ),
+                ));
+            }
+            if alive {
+                messages.push(format!(
+                    "WARNING: {} still answers; removing it anyway (--force).",
+                    member.address
+                ));
+            }
+            node.datastore
+                .remove_by_address(&member.address)
+                .await
+                .map_err(|e| {
+                    OpError::exit(
+                        2,
+                        format!("Contacting node {} failed. Error: {e}", member.address),
+                    )
+                })?;
+            messages.push(format!(
+                "Removed {} (id {}) from the datastore.",
+                member.address, member.id
+            ));
+        }
+        many => {
+            let list: Vec<&str> = many.iter().map(|m| m.address.as_str()).collect();
+            return Err(OpError::exit(
+                EXIT_FAILURE,
+                format!(
+                    "{} matches several members ({}); name one by id.",
+                    req.node,
+                    list.join(", ")
+                ),
+            ));
+        }
+    }
+    let node2 = node.clone();
+    let cleaned_ips: Vec<IpAddr> = found
+        .iter()
+        .filter_map(|m| host_of(&m.address).parse().ok())
+        .chain(ips)
+        .collect();
+    super::blocking(move || {
+        node2
+            .tokens
+            .remove_peer_callback_tokens(|host| {
+                cleaned_ips
+                    .iter()
+                    .any(|ip| host.parse::<IpAddr>().ok() == Some(*ip))
+            })
+            .map_err(OpError::from)
+    })
+    .await?;
+    messages.push("No Kubernetes API is configured for this agent: delete the Node object with kubectl if one exists.".into());
+    tracing::info!(node = %req.node, force = req.force, "remove-node");
+    Ok(RemoveNodeResponse { messages })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::Role;
+
+    fn m(addr: &str, id: u64) -> Member {
+        Member {
+            address: addr.into(),
+            id,
+            role: Role::Voter,
+        }
+    }
+
+    #[test]
+    fn refs() {
+        assert_eq!(
+            parse_node_ref("10.0.0.1"),
+            NodeRef::Ip("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            parse_node_ref("[fd00::1]"),
+            NodeRef::Ip("fd00::1".parse().unwrap())
+        );
+        assert_eq!(parse_node_ref("12345"), NodeRef::Id(12345));
+        assert_eq!(parse_node_ref("node-2"), NodeRef::Name("node-2".into()));
+    }
+
+    #[test]
+    fn exact_matching_never_substring() {
+        let members = vec![
+            m("10.0.0.1:19001", 1),
+            m("10.0.0.12:19001", 2),
+            m("[fd00::1]:19001", 3),
+        ];
+        let one: IpAddr = "10.0.0.1".parse().unwrap();
+        let got = matching(&members, &[one], None);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].id, 1);
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert_eq!(matching(&members, &[v6], None)[0].id, 3);
+        assert_eq!(
+            matching(&members, &[], Some(2))[0].address,
+            "10.0.0.12:19001"
+        );
+        assert!(matching(&members, &[], Some(9)).is_empty());
+    }
+}
