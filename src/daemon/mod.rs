@@ -7,6 +7,7 @@
 
 pub mod control;
 pub mod https;
+pub mod roles;
 pub mod tls;
 
 use std::future::Future;
