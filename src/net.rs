@@ -29,6 +29,102 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
+/// An interface address with its prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub ip: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, other: &IpAddr) -> bool {
+        match (self.ip, other) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix.min(32)))
+                    .unwrap_or(0);
+                u32::from(a) & mask == u32::from(*b) & mask
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix.min(128)))
+                    .unwrap_or(0);
+                u128::from(a) & mask == u128::from(*b) & mask
+            }
+            _ => false,
+        }
+    }
+
+    fn host_only(&self) -> bool {
+        match self.ip {
+            IpAddr::V4(_) => self.prefix >= 32,
+            IpAddr::V6(_) => self.prefix >= 128,
+        }
+    }
+}
+
+/// Every interface address with its prefix length.
+pub fn interface_cidrs() -> Vec<Cidr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter_map(|ifa| {
+            let addr = ifa.address?;
+            let mask = ifa.netmask;
+            match (addr.as_sockaddr_in(), addr.as_sockaddr_in6()) {
+                (Some(v4), _) => {
+                    let m = mask
+                        .and_then(|m| m.as_sockaddr_in().map(|n| u32::from(n.ip()).count_ones()));
+                    Some(Cidr {
+                        ip: IpAddr::V4(v4.ip()),
+                        prefix: m.unwrap_or(32) as u8,
+                    })
+                }
+                (None, Some(v6)) => {
+                    let m = mask
+                        .and_then(|m| m.as_sockaddr_in6().map(|n| u128::from(n.ip()).count_ones()));
+                    Some(Cidr {
+                        ip: IpAddr::V6(v6.ip()),
+                        prefix: m.unwrap_or(128) as u8,
+                    })
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// MicroK8s's choice of the dqlite bind address from the address a joiner contacted: that
+/// address if it is a regular interface address; for a virtual IP (a /32 or /128) the
+/// interface address of a subnet containing it; an address on no interface is an error.
+pub fn matching_bind_address(host: IpAddr, cidrs: &[Cidr]) -> Result<IpAddr, String> {
+    // Linux answers on the whole 127/8 through `lo`: every loopback address is ours.
+    if host.is_loopback() {
+        return Ok(host);
+    }
+    let mut subnet_match = None;
+    let mut virtual_ip = false;
+    for c in cidrs {
+        if c.ip == host {
+            if c.host_only() {
+                virtual_ip = true;
+                continue;
+            }
+            return Ok(host);
+        }
+        if !c.host_only() && c.contains(&host) {
+            subnet_match = Some(c.ip);
+        }
+    }
+    if virtual_ip {
+        return Ok(subnet_match.unwrap_or(host));
+    }
+    Err(format!(
+        "address {host} was not found in any host interface. refuse to update dqlite bind address to {host} as it would break the cluster"
+    ))
+}
+
 /// Every interface address as `(interface name, ip)`, in the kernel's order.
 fn interface_addresses() -> Vec<(String, IpAddr)> {
     let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
@@ -121,6 +217,29 @@ mod tests {
             host_port(&"fd00::1".parse().unwrap(), 25000),
             "[fd00::1]:25000"
         );
+    }
+
+    #[test]
+    fn microk8s_bind_address_cases() {
+        let c = |s: &str, p: u8| Cidr {
+            ip: s.parse().unwrap(),
+            prefix: p,
+        };
+        let cidrs = [
+            c("127.0.0.1", 8),
+            c("10.0.0.10", 16),
+            c("10.10.0.10", 16),
+            c("10.0.100.100", 32),
+            c("192.168.100.100", 32),
+        ];
+        let pick = |h: &str| matching_bind_address(h.parse().unwrap(), &cidrs);
+        assert_eq!(pick("10.0.0.10").unwrap().to_string(), "10.0.0.10");
+        assert_eq!(pick("10.0.100.100").unwrap().to_string(), "10.0.0.10");
+        assert_eq!(
+            pick("192.168.100.100").unwrap().to_string(),
+            "192.168.100.100"
+        );
+        assert!(pick("1.1.1.1").is_err());
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub struct NodeSettings {
     /// File holding the Cluster API token (`/capi/etc/token` in MicroK8s).
     pub capi_token_file: PathBuf,
     pub env: Environment,
+    /// k8s-dqlite hosts the member (inside the snap); the agent only talks to it.
+    pub external_datastore: bool,
 }
 
 #[derive(Clone)]

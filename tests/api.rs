@@ -852,3 +852,40 @@ fn add_node_without_a_daemon_says_so() {
     );
     assert!(!err.contains("panicked"));
 }
+
+#[test]
+fn first_join_moves_a_loopback_k8s_dqlite_to_a_routable_address() {
+    // External datastore (inside the snap): k8s-dqlite starts on 127.0.0.1:19001. The test
+    // plays k8s-dqlite: it consumes update.yaml and rewrites cluster.yaml, as k8s-dqlite does
+    // on restart.
+    let api = Api::start_with(&["--datastore", "external", "--service-manager", "none"]);
+    api.write(
+        "var/kubernetes/backend/info.yaml",
+        "Address: 127.0.0.1:19001\nID: 1\nRole: 0\n",
+    );
+    api.write(
+        "var/kubernetes/backend/cluster.yaml",
+        "- Address: 127.0.0.1:19001\n  ID: 1\n  Role: 0\n",
+    );
+    let backend = api.node.state.join("var/kubernetes/backend");
+    let fake = std::thread::spawn(move || {
+        let update = backend.join("update.yaml");
+        let text = eventually("update.yaml", Duration::from_secs(30), || {
+            std::fs::read_to_string(&update).ok()
+        });
+        let address = text.trim().strip_prefix("Address: ").unwrap().to_string();
+        std::fs::write(
+            backend.join("cluster.yaml"),
+            format!("- Address: {address}\n  ID: 1\n  Role: 0\n"),
+        )
+        .unwrap();
+        std::fs::remove_file(&update).unwrap();
+        address
+    });
+    let token = api.add_node(&[]);
+    let (status, body) = api.post_json(unique_loopback(), JOIN, &api.join_body(&token, false));
+    assert_eq!(status, 200, "{body}");
+    let address = fake.join().unwrap();
+    assert_eq!(address, format!("{}:19001", api.node.ip));
+    assert_eq!(body["voters"], json!([address]));
+}

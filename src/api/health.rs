@@ -28,6 +28,7 @@ mod tests {
                 bind: "127.0.0.1:25000".parse().unwrap(),
                 capi_token_file: "/nonexistent/capi".into(),
                 env: Default::default(),
+                external_datastore: false,
             },
         );
         let limiter = crate::ratelimit::RateLimiter::new(10, Duration::from_secs(60));

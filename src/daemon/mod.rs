@@ -148,6 +148,7 @@ impl Daemon {
                 bind: config.bind,
                 capi_token_file: config.capi_token_file.clone(),
                 env: config.env.clone(),
+                external_datastore: config.datastore == DatastoreMode::External,
             },
         );
         let limiter = crate::ratelimit::RateLimiter::new(

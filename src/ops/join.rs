@@ -222,6 +222,11 @@ pub async fn join_v2(
     if !worker && token_auth_file.is_empty() && !req.can_handle_x509_auth {
         return Err(OpError::Refused("Joining this MicroK8s cluster requires x509 authentication. update MicroK8s to version 1.28 or newer and retry the join operation".into()));
     }
+    let members = if dqlite && node.settings.external_datastore {
+        ensure_routable_address(node, &origin.host, members).await?
+    } else {
+        members
+    };
 
     let node2 = node.clone();
     let token = req.token.clone();
@@ -306,6 +311,73 @@ pub async fn join_v2(
         Ok(resp)
     })
     .await
+}
+
+/// How long a first join waits for k8s-dqlite to come back on its new address.
+const REBIND_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// MicroK8s's first-join step: a fresh k8s-dqlite listens on 127.0.0.1, which no other node
+/// can reach. Before the first join it is moved to the interface address the joiner
+/// contacted (`update.yaml`, restart k8s-dqlite), and the join waits until it is back.
+async fn ensure_routable_address(
+    node: &Node,
+    host: &str,
+    members: Vec<crate::datastore::Member>,
+) -> Result<Vec<crate::datastore::Member>, OpError> {
+    let on_loopback =
+        |m: &[crate::datastore::Member]| m.len() == 1 && m[0].address.starts_with("127.0.0.1:");
+    if !on_loopback(&members) {
+        return Ok(members);
+    }
+    let fail =
+        |e: String| OpError::Refused(format!("Failed to retrieve dqlite cluster nodes: {e}"));
+    let ip = match host.parse::<IpAddr>() {
+        Ok(ip) => crate::net::matching_bind_address(ip, &crate::net::interface_cidrs())
+            .map_err(|e| {
+                fail(format!(
+                    "failed to find matching dqlite bind address for {host}: {e}"
+                ))
+            })?
+            .to_string(),
+        Err(_) => host.to_string(),
+    };
+    let node2 = node.clone();
+    blocking(move || {
+        let state = &node2.state;
+        let info = state
+            .read_optional(&state.layout().backend("info.yaml"))?
+            .unwrap_or_default();
+        let port = info
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Address:"))
+            .and_then(|a| a.trim().rsplit_once(':').map(|(_, p)| p.to_string()))
+            .unwrap_or_else(|| "19001".into());
+        let host = if ip.contains(':') { format!("[{ip}]") } else { ip.clone() };
+        state.write(
+            &state.layout().backend("update.yaml"),
+            format!("Address: {host}:{port}\n").as_bytes(),
+            crate::state::mode::ARGS,
+        )?;
+        node2
+            .services
+            .restart("k8s-dqlite")
+            .map_err(|e| OpError::Refused(format!("Failed to retrieve dqlite cluster nodes: failed to update dqlite address to \"{ip}\": {e}")))
+    })
+    .await?;
+    let deadline = tokio::time::Instant::now() + REBIND_WAIT;
+    loop {
+        if let Ok(m) = node.datastore.members().await {
+            if !m.is_empty() && !on_loopback(&m) {
+                return Ok(m);
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(fail(
+                "failed waiting for dqlite cluster to come up: timed out".into(),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 /// Control-plane addresses for a worker: the hosts of the dqlite members (voters first),
