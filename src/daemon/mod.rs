@@ -124,12 +124,12 @@ impl Daemon {
             Some(fd) => fd,
             None => read_failure_domain(&state)?,
         };
-        let tls = tls::server_config(
+        let serving = tls::ServingCert::load(
             &config.certfile,
             &config.keyfile,
             Some(&state.layout().ca_crt()),
-            config.min_tls,
         )?;
+        let tls = tls::server_config(serving.clone(), config.min_tls)?;
 
         let listener =
             TcpListener::bind(config.bind)

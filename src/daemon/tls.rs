@@ -75,40 +75,96 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Server config for :25000: HTTP/2 and HTTP/1.1, no client certificates. When the
-/// certificate file holds only the leaf, `ca` (if readable) is sent after it so joiners that
-/// pin the cluster CA can verify the chain; the leaf stays first, so MicroK8s's fingerprint
-/// check of the leaf is unaffected.
-pub fn server_config(
-    cert: &Path,
-    key: &Path,
-    ca: Option<&Path>,
-    min: MinTls,
-) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut certs = load_certs(cert)?;
-    if certs.len() == 1 {
-        if let Some(ca) = ca.and_then(|p| load_certs(p).ok()) {
-            if let Some(first) = ca.into_iter().next().filter(|c| *c != certs[0]) {
-                certs.push(first);
+/// The certificate served on :25000, reloadable without a restart (a control-plane join
+/// replaces the cluster CA and with it `server.crt`). When the certificate file holds only
+/// the leaf, the CA (if readable) is sent after it so joiners that pin the cluster CA can
+/// verify the chain; the leaf stays first, so MicroK8s's fingerprint check is unaffected.
+#[derive(Debug)]
+pub struct ServingCert {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: Option<PathBuf>,
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl ServingCert {
+    pub fn load(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<Arc<ServingCert>, TlsError> {
+        let current = Self::read(cert, key, ca)?;
+        Ok(Arc::new(ServingCert {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            ca: ca.map(Path::to_path_buf),
+            current: std::sync::RwLock::new(current),
+        }))
+    }
+
+    /// Re-reads the files; on error the previous certificate stays in use.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = Self::read(&self.cert, &self.key, self.ca.as_deref())?;
+        if let Ok(mut current) = self.current.write() {
+            *current = fresh;
+        }
+        Ok(())
+    }
+
+    fn read(
+        cert: &Path,
+        key: &Path,
+        ca: Option<&Path>,
+    ) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+        let mut certs = load_certs(cert)?;
+        if certs.len() == 1 {
+            if let Some(ca) = ca.and_then(|p| load_certs(p).ok()) {
+                if let Some(first) = ca.into_iter().next().filter(|c| *c != certs[0]) {
+                    certs.push(first);
+                }
             }
         }
+        let private = load_key(key)?;
+        let pair_err = |reason: String| TlsError::Pair {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            reason,
+        };
+        let signing = provider()
+            .key_provider
+            .load_private_key(private)
+            .map_err(|e| pair_err(e.to_string()))?;
+        let certified = rustls::sign::CertifiedKey::new(certs, signing);
+        certified
+            .keys_match()
+            .map_err(|e| pair_err(e.to_string()))?;
+        Ok(Arc::new(certified))
     }
-    let private = load_key(key)?;
+}
+
+impl rustls::server::ResolvesServerCert for ServingCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.current.read().ok().map(|c| c.clone())
+    }
+}
+
+/// Server config for :25000: HTTP/2 and HTTP/1.1, no client certificates.
+pub fn server_config(
+    serving: Arc<ServingCert>,
+    min: MinTls,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let versions: &[&rustls::SupportedProtocolVersion] = match min {
         MinTls::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         MinTls::Tls13 => &[&rustls::version::TLS13],
     };
-    let pair_err = |reason: String| TlsError::Pair {
-        cert: cert.to_path_buf(),
-        key: key.to_path_buf(),
-        reason,
-    };
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
-        .map_err(|e| pair_err(e.to_string()))?
+        .map_err(|e| TlsError::Pair {
+            cert: serving.cert.clone(),
+            key: serving.key.clone(),
+            reason: e.to_string(),
+        })?
         .with_no_client_auth()
-        .with_single_cert(certs, private)
-        .map_err(|e| pair_err(e.to_string()))?;
+        .with_cert_resolver(serving);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
