@@ -18,14 +18,15 @@ struct Api {
 
 impl Api {
     fn start() -> Api {
-        Api {
-            node: Node::start(),
-        }
+        Self::start_with(&[])
     }
 
+    /// These tests write `cluster.yaml` by hand, so no embedded member may rewrite it.
     fn start_with(extra: &[&str]) -> Api {
+        let mut args = vec!["--datastore", "external"];
+        args.extend_from_slice(extra);
         Api {
-            node: Node::start_with(extra),
+            node: Node::start_with(&args),
         }
     }
 

@@ -72,6 +72,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     ControlSocket(#[from] control::ControlSocketError),
+    #[error(transparent)]
+    Dqlite(#[from] crate::dqlite::HostError),
 }
 
 /// Parses `--bind`: `IP:PORT`, `[IPv6]:PORT`, or Go's `:PORT` (all interfaces).
@@ -96,6 +98,8 @@ pub struct Daemon {
     tls: Arc<rustls::ServerConfig>,
     app: AppState,
     failure_domain: u64,
+    /// The embedded dqlite member (`--datastore embedded`).
+    member: Option<crate::dqlite::EmbeddedMember>,
 }
 
 impl Daemon {
@@ -138,6 +142,12 @@ impl Daemon {
                     source,
                 })?;
         let control = control::bind(&state.layout().control_socket())?;
+        let member = match config.datastore {
+            DatastoreMode::Embedded => {
+                Some(start_member(&config, &state, &host, failure_domain).await?)
+            }
+            DatastoreMode::External => None,
+        };
         let services =
             services::manager(config.service_manager, state.layout().marker("lite.lock"));
         let node = crate::node::Node {
@@ -169,6 +179,7 @@ impl Daemon {
             tls,
             app,
             failure_domain,
+            member,
         })
     }
 
@@ -186,6 +197,7 @@ impl Daemon {
             tls,
             app,
             failure_domain,
+            member,
         } = self;
         tracing::info!(
             bind = %config.bind,
@@ -230,9 +242,37 @@ impl Daemon {
             let _ = control_task.await;
         })
         .await;
+        // Before the runtime goes away (dqlite-hosting-notes: stop the node first).
+        if let Some(member) = member {
+            if let Err(e) = member.stop().await {
+                tracing::warn!(error = %e, "dqlite member did not stop cleanly");
+            }
+        }
         let _ = std::fs::remove_file(config.state_dir.join("run/cluster-agent.sock"));
         tracing::info!("stopped");
     }
+}
+
+/// Starts the node's dqlite member from `var/kubernetes/backend` (`--datastore embedded`).
+async fn start_member(
+    config: &DaemonConfig,
+    state: &StateDir,
+    host: &HostIdentity,
+    failure_domain: u64,
+) -> Result<crate::dqlite::EmbeddedMember, DaemonError> {
+    let layout = state.layout();
+    let member = crate::dqlite::MemberConfig {
+        backend_dir: layout.backend_dir(),
+        bind: config
+            .dqlite_bind
+            .unwrap_or_else(|| crate::dqlite::host::default_bind(config.bind, &host.addresses)),
+        bind_explicit: config.dqlite_bind.is_some(),
+        cert_pem: state.read_string(&layout.backend("cluster.crt"))?,
+        key_pem: state.read_string(&layout.backend("cluster.key"))?,
+        failure_domain,
+        join: None,
+    };
+    Ok(crate::dqlite::EmbeddedMember::start(member).await?)
 }
 
 /// Reads `failure-domain=N` (or `failure-domain N`) from `args/ha-conf`; absent means 1.
