@@ -133,6 +133,12 @@ impl Daemon {
             Some(&state.layout().ca_crt()),
             config.min_tls,
         )?;
+        let member = match config.datastore {
+            DatastoreMode::Embedded => {
+                Some(prepare_member(&config, &state, &host, failure_domain)?)
+            }
+            DatastoreMode::External => None,
+        };
 
         let listener =
             TcpListener::bind(config.bind)
@@ -142,11 +148,9 @@ impl Daemon {
                     source,
                 })?;
         let control = control::bind(&state.layout().control_socket())?;
-        let member = match config.datastore {
-            DatastoreMode::Embedded => {
-                Some(start_member(&config, &state, &host, failure_domain).await?)
-            }
-            DatastoreMode::External => None,
+        let member = match member {
+            Some(prepared) => Some(prepared.start().await?),
+            None => None,
         };
         let services =
             services::manager(config.service_manager, state.layout().marker("lite.lock"));
@@ -253,13 +257,14 @@ impl Daemon {
     }
 }
 
-/// Starts the node's dqlite member from `var/kubernetes/backend` (`--datastore embedded`).
-async fn start_member(
+/// Checks everything the node's dqlite member needs (`--datastore embedded`): libdqlite,
+/// identity in `var/kubernetes/backend`, the cluster certificate. Binds nothing.
+fn prepare_member(
     config: &DaemonConfig,
     state: &StateDir,
     host: &HostIdentity,
     failure_domain: u64,
-) -> Result<crate::dqlite::EmbeddedMember, DaemonError> {
+) -> Result<crate::dqlite::host::PreparedMember, DaemonError> {
     let layout = state.layout();
     let member = crate::dqlite::MemberConfig {
         backend_dir: layout.backend_dir(),
@@ -272,7 +277,7 @@ async fn start_member(
         failure_domain,
         join: None,
     };
-    Ok(crate::dqlite::EmbeddedMember::start(member).await?)
+    Ok(crate::dqlite::EmbeddedMember::prepare(member)?)
 }
 
 /// Reads `failure-domain=N` (or `failure-domain N`) from `args/ha-conf`; absent means 1.

@@ -213,10 +213,14 @@ impl std::fmt::Debug for EmbeddedMember {
 }
 
 impl EmbeddedMember {
-    /// Loads libdqlite, settles the identity files, binds the TLS listener, starts the node
-    /// and begins serving. Must run inside a multi-threaded tokio runtime.
+    /// [`EmbeddedMember::prepare`], then [`PreparedMember::start`].
     pub async fn start(config: MemberConfig) -> Result<EmbeddedMember, HostError> {
-        ffi::ignore_sigpipe();
+        Self::prepare(config)?.start().await
+    }
+
+    /// Everything that can be checked before binding or writing anything: loads libdqlite,
+    /// decides the identity from the backend directory, builds both TLS configurations.
+    pub fn prepare(config: MemberConfig) -> Result<PreparedMember, HostError> {
         let lib = ffi::Library::load().map_err(HostError::Library)?;
         let backend = config.backend_dir.clone();
         let identity = plan_identity(
@@ -227,9 +231,65 @@ impl EmbeddedMember {
             config.bind_explicit,
             config.join.as_deref(),
         )?;
-        let server_tls = tls::server_config(&config.cert_pem, &config.key_pem)?;
-        let client_tls = tls::client_config(&config.cert_pem, &config.key_pem)?;
+        let listen: SocketAddr = match &identity {
+            Identity::Existing { address, .. } => {
+                address.parse().map_err(|_| HostError::BadAddress {
+                    path: backend.join(files::INFO_YAML),
+                    address: address.clone(),
+                })?
+            }
+            Identity::Bootstrap { .. } | Identity::Joiner { .. } => config.bind,
+        };
+        Ok(PreparedMember {
+            lib,
+            identity,
+            listen,
+            server_tls: tls::server_config(&config.cert_pem, &config.key_pem)?,
+            client_tls: tls::client_config(&config.cert_pem, &config.key_pem)?,
+            backend,
+            failure_domain: config.failure_domain,
+        })
+    }
+}
 
+/// A member whose configuration has been checked; nothing bound or written yet.
+pub struct PreparedMember {
+    lib: Arc<ffi::Library>,
+    identity: Identity,
+    listen: SocketAddr,
+    server_tls: Arc<rustls::ServerConfig>,
+    client_tls: ClientTls,
+    backend: PathBuf,
+    failure_domain: u64,
+}
+
+impl std::fmt::Debug for PreparedMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedMember")
+            .field("identity", &self.identity)
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PreparedMember {
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Binds the TLS listener, writes the identity files, starts the node and begins
+    /// serving. Must run inside a multi-threaded tokio runtime.
+    pub async fn start(self) -> Result<EmbeddedMember, HostError> {
+        let PreparedMember {
+            lib,
+            identity,
+            listen,
+            server_tls,
+            client_tls,
+            backend,
+            failure_domain,
+        } = self;
+        ffi::ignore_sigpipe();
         let (id, address, seed) = match identity {
             Identity::Existing { id, address } => {
                 let seed = vec![own_entry(id, &address)];
@@ -252,10 +312,6 @@ impl EmbeddedMember {
                 (id, address, seed)
             }
         };
-        let listen: SocketAddr = address.parse().map_err(|_| HostError::BadAddress {
-            path: backend.join(files::INFO_YAML),
-            address: address.clone(),
-        })?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| HostError::Bind {
@@ -270,7 +326,7 @@ impl EmbeddedMember {
         } else if files::read_cluster(&backend)?.is_none() {
             files::write_cluster(&backend, &seed)?;
         }
-        files::sync_failure_domain(&backend, config.failure_domain)?;
+        files::sync_failure_domain(&backend, failure_domain)?;
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let local = format!("@cluster-agent-dqlite-{}-{id:x}", std::process::id());
@@ -279,7 +335,6 @@ impl EmbeddedMember {
             client_tls.clone(),
             stop_rx.clone(),
         );
-        let failure_domain = config.failure_domain;
         let node = {
             let (address, local, backend) = (address.clone(), local.clone(), backend.clone());
             tokio::task::spawn_blocking(move || -> Result<ffi::Node, FfiError> {
@@ -328,7 +383,9 @@ impl EmbeddedMember {
             refresh,
         })
     }
+}
 
+impl EmbeddedMember {
     pub fn id(&self) -> u64 {
         self.id
     }
