@@ -293,3 +293,194 @@ async fn three_embedded_members_form_a_cluster_over_tls() {
         m.stop().await.unwrap();
     }
 }
+
+/// Not a test on its own: the body of a member process for
+/// `killed_members_come_back_from_disk`, which re-runs this test binary with
+/// `DQLITE_HOST_CHILD_DIR` set. Hosts one embedded member until stdin closes.
+#[test]
+fn member_process() {
+    use std::io::Read;
+    let Some(dir) = std::env::var_os("DQLITE_HOST_CHILD_DIR") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let bind = std::env::var("DQLITE_HOST_CHILD_BIND").unwrap();
+    let join = std::env::var("DQLITE_HOST_CHILD_SEEDS")
+        .ok()
+        .map(|s| s.split(',').map(str::to_string).collect());
+    let config = MemberConfig {
+        bind: bind.parse().unwrap(),
+        bind_explicit: false,
+        cert_pem: std::fs::read_to_string(dir.join("cluster.crt")).unwrap(),
+        key_pem: std::fs::read_to_string(dir.join("cluster.key")).unwrap(),
+        failure_domain: 1,
+        join,
+        backend_dir: dir,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let member = EmbeddedMember::start(config).await.unwrap();
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            std::io::stdin().read_to_end(&mut sink)
+        })
+        .await;
+        member.stop().await.unwrap();
+    });
+}
+
+/// A member hosted by a child process running [`member_process`].
+struct MemberProcess {
+    dir: tempfile::TempDir,
+    bind: String,
+    child: Option<std::process::Child>,
+}
+
+impl MemberProcess {
+    /// A member on a fresh directory and address, sharing `cert_dir`'s cluster certificate.
+    fn new(cert_dir: &Path) -> MemberProcess {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["cluster.crt", "cluster.key"] {
+            std::fs::copy(cert_dir.join(f), dir.path().join(f)).unwrap();
+        }
+        MemberProcess {
+            dir,
+            bind: format!("{}:19001", unique_loopback()),
+            child: None,
+        }
+    }
+
+    fn spawn(&mut self, join: Option<&str>) {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--exact",
+            "member_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("DQLITE_HOST_CHILD_DIR", self.dir.path())
+        .env("DQLITE_HOST_CHILD_BIND", &self.bind)
+        .env_remove("DQLITE_HOST_CHILD_SEEDS")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        if let Some(seeds) = join {
+            cmd.env("DQLITE_HOST_CHILD_SEEDS", seeds);
+        }
+        self.child = Some(cmd.spawn().unwrap());
+    }
+
+    fn id(&self) -> u64 {
+        eventually("the member's info.yaml", Duration::from_secs(20), || {
+            files::read_info(self.dir.path()).ok()?.map(|(id, _)| id)
+        })
+    }
+
+    fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for MemberProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits (up to about 20 s) until `address` completes TLS and the protocol handshake.
+async fn serving(address: &str, tls: &dqlite::ClientTls) {
+    for _ in 0..40 {
+        let attempt = dqlite::client::connect(address, Some(tls), Duration::from_millis(500)).await;
+        if attempt.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{address} never served");
+}
+
+#[test]
+fn killed_members_come_back_from_disk() {
+    if !tools_present() {
+        return;
+    }
+    // The daemon helper uses blocking HTTP clients, so this test drives async code itself.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Member 1: a real daemon (bootstraps). Members 2 and 3: child processes that join it.
+    let mut daemon = Node::start();
+    let first = format!("{}:19001", daemon.ip);
+    let certs = backend(&daemon.state);
+    wait_for_cluster(&certs, &first, &[(BOOTSTRAP_ID, 0)]);
+    let tls =
+        dqlite::ClientTls::load(&certs.join("cluster.crt"), &certs.join("cluster.key")).unwrap();
+    let client = dqlite::Client::new(
+        vec![first.clone()],
+        Some(tls.clone()),
+        dqlite::Options::default(),
+    )
+    .unwrap();
+    let mut others = vec![MemberProcess::new(&certs), MemberProcess::new(&certs)];
+    for m in &mut others {
+        m.spawn(Some(&first));
+        rt.block_on(serving(&m.bind, &tls));
+        rt.block_on(client.add(m.id(), &m.bind, Role::Voter))
+            .unwrap();
+    }
+    let mut want = vec![(BOOTSTRAP_ID, 0)];
+    want.extend(others.iter().map(|m| (m.id(), 0)));
+    wait_for_cluster(&certs, &first, &want);
+    shell(&certs, &first, "CREATE TABLE t (n INT)", 10).unwrap();
+    shell(&certs, &first, "INSERT INTO t VALUES (1)", 10).unwrap();
+
+    // kill -9 of the leader (the daemon): the two children elect a new leader and accept
+    // writes; the daemon restarts from disk, same id, and rejoins.
+    let mut child = daemon.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let survivor = others[0].bind.clone();
+    eventually(
+        "a write through the survivors",
+        Duration::from_secs(40),
+        || shell(&certs, &survivor, "INSERT INTO t VALUES (2)", 5),
+    );
+    daemon.spawn(&[]);
+    daemon.wait_healthy();
+    wait_for_cluster(&certs, &first, &want);
+
+    // kill -9 of a joined member: it restarts from its directory (no join, no bootstrap)
+    // with the id in its info.yaml, and is a voter that knows the leader again.
+    let id = others[1].id();
+    others[1].kill9();
+    shell(&certs, &first, "INSERT INTO t VALUES (3)", 10).unwrap();
+    others[1].spawn(None);
+    rt.block_on(serving(&others[1].bind, &tls));
+    assert_eq!(others[1].id(), id);
+    wait_for_cluster(&certs, &others[1].bind, &want);
+    let rows = shell(&certs, &others[1].bind, "SELECT MAX(n) FROM t", 10).unwrap();
+    assert!(rows.contains('3'), "{rows}");
+
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+    for m in &mut others {
+        drop(m.child.as_mut().unwrap().stdin.take());
+        let child = m.child.as_mut().unwrap();
+        let status = eventually("member exit", Duration::from_secs(10), || {
+            child.try_wait().unwrap()
+        });
+        assert!(status.success(), "{status}");
+        m.child = None;
+    }
+}
