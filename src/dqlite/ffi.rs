@@ -10,7 +10,7 @@
 //! - The connect callback's context is freed only after `dqlite_node_destroy`.
 //! - No Rust panic crosses the C boundary (`catch_unwind` in the trampoline).
 
-use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -72,8 +72,6 @@ struct Api {
     node_set_connect_func:
         unsafe extern "C" fn(node: *mut RawNode, f: Option<ConnectFn>, arg: *mut c_void) -> c_int,
     node_set_failure_domain: unsafe extern "C" fn(node: *mut RawNode, code: u64) -> c_int,
-    node_set_network_latency_ms:
-        Option<unsafe extern "C" fn(node: *mut RawNode, ms: c_uint) -> c_int>,
     node_start: unsafe extern "C" fn(node: *mut RawNode) -> c_int,
     node_stop: unsafe extern "C" fn(node: *mut RawNode) -> c_int,
     node_errmsg: unsafe extern "C" fn(node: *mut RawNode) -> *const c_char,
@@ -117,10 +115,6 @@ impl Library {
                 })?
             }};
         }
-        // SAFETY: as in `sym!`; an absent optional symbol is simply not used.
-        let latency = unsafe { lib.get(b"dqlite_node_set_network_latency_ms\0") }
-            .ok()
-            .map(|s| *s);
         let api = Api {
             version_number: sym!("dqlite_version_number"),
             generate_node_id: sym!("dqlite_generate_node_id"),
@@ -130,7 +124,6 @@ impl Library {
             node_get_bind_address: sym!("dqlite_node_get_bind_address"),
             node_set_connect_func: sym!("dqlite_node_set_connect_func"),
             node_set_failure_domain: sym!("dqlite_node_set_failure_domain"),
-            node_set_network_latency_ms: latency,
             node_start: sym!("dqlite_node_start"),
             node_stop: sym!("dqlite_node_stop"),
             node_errmsg: sym!("dqlite_node_errmsg"),
@@ -322,9 +315,11 @@ impl Node {
         let rv = unsafe {
             (self.api().node_set_connect_func)(self.raw.as_ptr(), Some(connect_trampoline), arg)
         };
-        // Keep the old context (if any) alive too: the library may still hold it on failure.
+        // On failure the library keeps its previous context (if any), so ours goes; on
+        // success the previous one is no longer referenced and may go.
+        self.check("dqlite_node_set_connect_func", rv)?;
         self.connect = Some(ctx);
-        self.check("dqlite_node_set_connect_func", rv)
+        Ok(())
     }
 
     /// The failure domain DESCRIBE reports.
@@ -332,18 +327,6 @@ impl Node {
         // SAFETY: live, not yet started node.
         let rv = unsafe { (self.api().node_set_failure_domain)(self.raw.as_ptr(), code) };
         self.check("dqlite_node_set_failure_domain", rv)
-    }
-
-    /// Raft timings from the expected network latency (heartbeat 1.5×, election 15×).
-    /// Returns `Ok(false)` when the library lacks the call.
-    pub fn set_network_latency_ms(&mut self, ms: u32) -> Result<bool, FfiError> {
-        let Some(f) = self.api().node_set_network_latency_ms else {
-            return Ok(false);
-        };
-        // SAFETY: live, not yet started node; symbol resolved with this prototype.
-        let rv = unsafe { f(self.raw.as_ptr(), ms) };
-        self.check("dqlite_node_set_network_latency_ms", rv)?;
-        Ok(true)
     }
 
     /// Starts the node's loop thread; returns once it serves. Bootstraps a fresh data

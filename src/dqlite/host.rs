@@ -273,10 +273,6 @@ impl std::fmt::Debug for PreparedMember {
 }
 
 impl PreparedMember {
-    pub fn identity(&self) -> &Identity {
-        &self.identity
-    }
-
     /// Binds the TLS listener, writes the identity files, starts the node and begins
     /// serving. Must run inside a multi-threaded tokio runtime.
     pub async fn start(self) -> Result<EmbeddedMember, HostError> {
