@@ -119,13 +119,20 @@ impl ClusterYaml {
     }
 }
 
+/// `cluster.yaml` in k8s-dqlite's format (the one parser: `dqlite::files`).
 pub fn parse_cluster_yaml(text: &str) -> Result<Vec<Member>, String> {
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
+    crate::dqlite::files::parse_cluster(text)
+        .map(|nodes| nodes.into_iter().map(Member::from).collect())
+}
+
+impl From<crate::dqlite::NodeInfo> for Member {
+    fn from(n: crate::dqlite::NodeInfo) -> Member {
+        Member {
+            address: n.address,
+            id: n.id,
+            role: n.role,
+        }
     }
-    serde_yaml::from_str::<Option<Vec<Member>>>(text)
-        .map(Option::unwrap_or_default)
-        .map_err(|e| e.to_string())
 }
 
 impl Datastore for ClusterYaml {
@@ -204,14 +211,7 @@ impl Datastore for Dqlite {
     fn members(&self) -> BoxFuture<'_, Result<Vec<Member>, DatastoreError>> {
         Box::pin(async move {
             let nodes = self.client.cluster().await.map_err(unavailable)?;
-            Ok(nodes
-                .into_iter()
-                .map(|n| Member {
-                    address: n.address,
-                    id: n.id,
-                    role: n.role,
-                })
-                .collect())
+            Ok(nodes.into_iter().map(Member::from).collect())
         })
     }
 

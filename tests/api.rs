@@ -18,14 +18,15 @@ struct Api {
 
 impl Api {
     fn start() -> Api {
-        Api {
-            node: Node::start(),
-        }
+        Self::start_with(&[])
     }
 
+    /// These tests write `cluster.yaml` by hand, so no embedded member may rewrite it.
     fn start_with(extra: &[&str]) -> Api {
+        let mut args = vec!["--datastore", "external"];
+        args.extend_from_slice(extra);
         Api {
-            node: Node::start_with(extra),
+            node: Node::start_with(&args),
         }
     }
 
@@ -858,7 +859,7 @@ fn first_join_moves_a_loopback_k8s_dqlite_to_a_routable_address() {
     // External datastore (inside the snap): k8s-dqlite starts on 127.0.0.1:19001. The test
     // plays k8s-dqlite: it consumes update.yaml and rewrites cluster.yaml, as k8s-dqlite does
     // on restart.
-    let api = Api::start_with(&["--datastore", "external", "--service-manager", "none"]);
+    let api = Api::start_with(&["--service-manager", "none"]);
     api.write(
         "var/kubernetes/backend/info.yaml",
         "Address: 127.0.0.1:19001\nID: 1\nRole: 0\n",

@@ -73,6 +73,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     ControlSocket(#[from] control::ControlSocketError),
+    #[error(transparent)]
+    Dqlite(#[from] crate::dqlite::HostError),
 }
 
 /// Parses `--bind`: `IP:PORT`, `[IPv6]:PORT`, or Go's `:PORT` (all interfaces).
@@ -97,6 +99,8 @@ pub struct Daemon {
     tls: Arc<rustls::ServerConfig>,
     app: AppState,
     failure_domain: u64,
+    /// The embedded dqlite member (`--datastore embedded`).
+    member: Option<crate::dqlite::EmbeddedMember>,
 }
 
 impl Daemon {
@@ -130,6 +134,12 @@ impl Daemon {
             Some(&state.layout().ca_crt()),
         )?;
         let tls = tls::server_config(serving.clone(), config.min_tls)?;
+        let member = match config.datastore {
+            DatastoreMode::Embedded => {
+                Some(prepare_member(&config, &state, &host, failure_domain)?)
+            }
+            DatastoreMode::External => None,
+        };
 
         let listener =
             TcpListener::bind(config.bind)
@@ -139,6 +149,10 @@ impl Daemon {
                     source,
                 })?;
         let control = control::bind(&state.layout().control_socket())?;
+        let member = match member {
+            Some(prepared) => Some(prepared.start().await?),
+            None => None,
+        };
         let services =
             services::manager(config.service_manager, state.layout().marker("lite.lock"));
         let node = crate::node::Node::new(
@@ -164,6 +178,7 @@ impl Daemon {
             tls,
             app,
             failure_domain,
+            member,
         })
     }
 
@@ -181,6 +196,7 @@ impl Daemon {
             tls,
             app,
             failure_domain,
+            member,
         } = self;
         tracing::info!(
             bind = %config.bind,
@@ -225,9 +241,38 @@ impl Daemon {
             let _ = control_task.await;
         })
         .await;
+        // Before the runtime goes away (dqlite-hosting-notes: stop the node first).
+        if let Some(member) = member {
+            if let Err(e) = member.stop().await {
+                tracing::warn!(error = %e, "dqlite member did not stop cleanly");
+            }
+        }
         let _ = std::fs::remove_file(config.state_dir.join("run/cluster-agent.sock"));
         tracing::info!("stopped");
     }
+}
+
+/// Checks everything the node's dqlite member needs (`--datastore embedded`): libdqlite,
+/// identity in `var/kubernetes/backend`, the cluster certificate. Binds nothing.
+fn prepare_member(
+    config: &DaemonConfig,
+    state: &StateDir,
+    host: &HostIdentity,
+    failure_domain: u64,
+) -> Result<crate::dqlite::host::PreparedMember, DaemonError> {
+    let layout = state.layout();
+    let member = crate::dqlite::MemberConfig {
+        backend_dir: layout.backend_dir(),
+        bind: config
+            .dqlite_bind
+            .unwrap_or_else(|| crate::dqlite::host::default_bind(config.bind, &host.addresses)),
+        bind_explicit: config.dqlite_bind.is_some(),
+        cert_pem: state.read_string(&layout.backend("cluster.crt"))?,
+        key_pem: state.read_string(&layout.backend("cluster.key"))?,
+        failure_domain,
+        join: None,
+    };
+    Ok(crate::dqlite::EmbeddedMember::prepare(member)?)
 }
 
 /// Reads `failure-domain=N` (or `failure-domain N`) from `args/ha-conf`; absent means 1.

@@ -1,11 +1,16 @@
 //! dqlite membership: the wire codec ([`proto`], sans-IO), mutual TLS as go-dqlite does it
-//! ([`tls`]) and the async client ([`client`]: leader discovery, retries, deadlines).
-//! See docs/dqlite.md.
+//! ([`tls`]), the async client ([`client`]: leader discovery, retries, deadlines), and the
+//! embedded member ([`host`] over [`ffi`], identity files in [`files`]).
+//! See docs/dqlite.md and docs/dqlite-embedded.md.
 
 pub mod client;
+pub mod ffi;
+pub mod files;
+pub mod host;
 pub mod proto;
 pub mod tls;
 
 pub use client::{Client, ClientError, Connection, LeaderInfo, Options};
+pub use host::{EmbeddedMember, HostError, MemberConfig};
 pub use proto::{Metadata, NodeInfo, Role};
 pub use tls::{client_config, server_config, ClientTls};
