@@ -170,7 +170,7 @@ impl Datastore for ClusterYaml {
 /// The live dqlite cluster, through our wire-protocol client (mutual TLS with the cluster
 /// certificate, as go-dqlite and k8s-dqlite).
 pub struct Dqlite {
-    pub client: crate::dqlite::Client,
+    pub client: std::sync::Arc<crate::dqlite::Client>,
 }
 
 impl Dqlite {
@@ -199,7 +199,9 @@ impl Dqlite {
         };
         let client = crate::dqlite::Client::new(seeds, Some(tls), opts)
             .map_err(|e| DatastoreError::Unavailable(e.to_string()))?;
-        Ok(Dqlite { client })
+        Ok(Dqlite {
+            client: std::sync::Arc::new(client),
+        })
     }
 }
 

@@ -12,6 +12,7 @@ pub mod datastore;
 pub mod dqlite;
 pub mod goduration;
 pub mod kubeconfig;
+pub mod membership;
 pub mod metrics;
 pub mod net;
 pub mod node;

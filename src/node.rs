@@ -26,23 +26,37 @@ pub struct NodeSettings {
 pub struct Node {
     pub state: StateDir,
     pub tokens: TokenStore,
-    pub datastore: Arc<dyn Datastore>,
     pub services: Arc<dyn ServiceManager>,
     pub settings: Arc<NodeSettings>,
+    /// The embedded dqlite member and the client to its cluster (embedded datastore).
+    pub membership: Option<Arc<crate::membership::Membership>>,
+    /// The :25000 certificate, reloaded when a join or leave replaces it.
+    pub serving: Option<Arc<crate::daemon::tls::ServingCert>>,
 }
 
 impl Node {
-    /// The node over `state`, with the datastore read from `cluster.yaml` until a live one is
-    /// attached.
+    /// The node over `state`; membership and serving certificate are attached by the daemon.
     pub fn new(state: StateDir, services: Arc<dyn ServiceManager>, settings: NodeSettings) -> Node {
         Node {
             tokens: TokenStore::new(state.clone(), Arc::new(crate::tokens::SystemClock)),
-            datastore: Arc::new(crate::datastore::ClusterYaml {
-                state: state.clone(),
-            }),
             services,
             settings: Arc::new(settings),
             state,
+            membership: None,
+            serving: None,
+        }
+    }
+
+    /// The datastore as it is now: the live dqlite cluster when this node hosts a member,
+    /// else the membership list k8s-dqlite keeps in `cluster.yaml`.
+    pub fn datastore(&self) -> Arc<dyn Datastore> {
+        match self.membership.as_ref().and_then(|m| m.live()) {
+            Some(live) => Arc::new(crate::datastore::Dqlite {
+                client: live.client,
+            }),
+            None => Arc::new(crate::datastore::ClusterYaml {
+                state: self.state.clone(),
+            }),
         }
     }
 

@@ -71,6 +71,22 @@ pub struct DaemonArgs {
     #[arg(long, default_value = "60s", value_parser = crate::goduration::parse_arg)]
     pub auth_failure_window: Duration,
 
+    /// Voters the roles manager keeps (odd).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub voters: u64,
+
+    /// Stand-bys the roles manager keeps.
+    #[arg(long, default_value_t = 3)]
+    pub standbys: u64,
+
+    /// How often the roles manager probes members (Go duration syntax).
+    #[arg(long, default_value = "1s", value_parser = crate::goduration::parse_arg)]
+    pub probe_interval: Duration,
+
+    /// Run the roles manager with --datastore external too (k8s-dqlite normally does it).
+    #[arg(long)]
+    pub manage_roles: bool,
+
     /// File holding the Cluster API token for v2.0/dqlite/remove.
     #[arg(long, default_value = "/capi/etc/token")]
     pub capi_token_file: PathBuf,
@@ -126,6 +142,15 @@ impl DaemonArgs {
             auth_failure_window: self.auth_failure_window,
             capi_token_file: self.capi_token_file.clone(),
             env: env.clone(),
+            roles: crate::daemon::roles::RolesConfig {
+                targets: crate::roles::Targets {
+                    voters: self.voters as usize,
+                    standbys: self.standbys as usize,
+                },
+                probe_interval: self.probe_interval.max(Duration::from_millis(100)),
+                ..Default::default()
+            },
+            manage_roles: self.manage_roles,
         }
     }
 }

@@ -26,6 +26,9 @@ use crate::state::{StateDir, StateError, StateLock};
 
 pub use tls::MinTls;
 
+/// How long a stopping voter may spend handing its role over.
+pub const HANDOVER_BUDGET: Duration = Duration::from_secs(3);
+
 /// How long open connections get to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
@@ -56,6 +59,10 @@ pub struct DaemonConfig {
     pub auth_failure_window: Duration,
     pub capi_token_file: PathBuf,
     pub env: crate::state::Environment,
+    /// Voter/stand-by targets and probe cadence of the roles manager.
+    pub roles: roles::RolesConfig,
+    /// Run the roles manager even with `--datastore external` (k8s-dqlite runs go-dqlite's).
+    pub manage_roles: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +80,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     ControlSocket(#[from] control::ControlSocketError),
+    #[error("dqlite member: {0}")]
+    Member(String),
     #[error(transparent)]
     Dqlite(#[from] crate::dqlite::HostError),
 }
@@ -99,8 +108,6 @@ pub struct Daemon {
     tls: Arc<rustls::ServerConfig>,
     app: AppState,
     failure_domain: u64,
-    /// The embedded dqlite member (`--datastore embedded`).
-    member: Option<crate::dqlite::EmbeddedMember>,
 }
 
 impl Daemon {
@@ -149,13 +156,31 @@ impl Daemon {
                     source,
                 })?;
         let control = control::bind(&state.layout().control_socket())?;
-        let member = match member {
-            Some(prepared) => Some(prepared.start().await?),
+        let membership = match member {
+            Some(prepared) => {
+                let member = prepared.start().await?;
+                let template = crate::membership::MemberTemplate {
+                    backend_dir: state.layout().backend_dir(),
+                    bind: member.address().parse().unwrap_or_else(|_| {
+                        config.dqlite_bind.unwrap_or_else(|| {
+                            crate::dqlite::host::default_bind(config.bind, &host.addresses)
+                        })
+                    }),
+                    bind_explicit: config.dqlite_bind.is_some(),
+                    failure_domain,
+                };
+                let membership = crate::membership::Membership::new(state.clone(), template);
+                membership
+                    .adopt(member)
+                    .await
+                    .map_err(|e| DaemonError::Member(e.to_string()))?;
+                Some(membership)
+            }
             None => None,
         };
         let services =
             services::manager(config.service_manager, state.layout().marker("lite.lock"));
-        let node = crate::node::Node::new(
+        let mut node = crate::node::Node::new(
             state,
             services,
             crate::node::NodeSettings {
@@ -165,6 +190,8 @@ impl Daemon {
                 external_datastore: config.datastore == DatastoreMode::External,
             },
         );
+        node.membership = membership;
+        node.serving = Some(serving);
         let limiter = crate::ratelimit::RateLimiter::new(
             config.auth_failure_limit,
             config.auth_failure_window,
@@ -178,7 +205,6 @@ impl Daemon {
             tls,
             app,
             failure_domain,
-            member,
         })
     }
 
@@ -196,8 +222,8 @@ impl Daemon {
             tls,
             app,
             failure_domain,
-            member,
         } = self;
+        let membership = app.node.membership.clone();
         tracing::info!(
             bind = %config.bind,
             state_dir = %config.state_dir.display(),
@@ -222,6 +248,17 @@ impl Daemon {
                 })
                 .await;
         });
+        let roles_task = match (
+            &membership,
+            config.manage_roles || config.datastore == DatastoreMode::Embedded,
+        ) {
+            (Some(m), true) => Some(tokio::spawn(roles::run(
+                m.clone(),
+                config.roles.clone(),
+                stop_rx.clone(),
+            ))),
+            _ => None,
+        };
         let router = api::router(app, config.request_timeout);
         let mut https_stop = stop_rx;
         let https_task = tokio::spawn(https::serve(
@@ -241,9 +278,20 @@ impl Daemon {
             let _ = control_task.await;
         })
         .await;
-        // Before the runtime goes away (dqlite-hosting-notes: stop the node first).
-        if let Some(member) = member {
-            if let Err(e) = member.stop().await {
+        if let Some(task) = roles_task {
+            let _ = task.await;
+        }
+        // Before the runtime goes away (dqlite-hosting-notes: stop the node first), and after
+        // handing this member's role to another one.
+        if let Some(m) = membership {
+            if let Some(live) = m.live() {
+                if let Err(e) =
+                    roles::handover(&live.client, live.own_id, &config.roles, HANDOVER_BUDGET).await
+                {
+                    tracing::warn!(error = %e, "role handover before stopping failed");
+                }
+            }
+            if let Err(e) = m.stop().await {
                 tracing::warn!(error = %e, "dqlite member did not stop cleanly");
             }
         }

@@ -109,16 +109,20 @@ pub async fn adjust_once(
     }
 }
 
-/// Runs the driver until `stop` fires.
+/// Runs the driver until `stop` fires. A join or leave may replace the member (and so the
+/// client and id) at any time; each round uses the current one.
 pub async fn run(
-    client: Arc<Client>,
-    own_id: u64,
+    membership: Arc<crate::membership::Membership>,
     cfg: RolesConfig,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut last_error: Option<String> = None;
     loop {
-        match adjust_once(&client, own_id, &cfg).await {
+        let round = match membership.live() {
+            Some(live) => adjust_once(&live.client, live.own_id, &cfg).await,
+            None => Ok(None),
+        };
+        match round {
             Ok(_) => last_error = None,
             Err(e) => {
                 // Log a failure once until it changes, not every tick.

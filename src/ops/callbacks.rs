@@ -262,7 +262,7 @@ pub async fn dqlite_remove(
             "Failed to remove from dqlite: invalid CAPI auth token".into(),
         ));
     }
-    node.datastore
+    node.datastore()
         .remove_by_address(&req.remove_endpoint)
         .await
         .map_err(|e| {

@@ -201,7 +201,7 @@ pub async fn join_v2(
     let etcd_servers = arg(state, "kube-apiserver", "--etcd-servers")?;
     let dqlite = etcd_servers.contains(KINE_SOCKET);
     let members = if dqlite {
-        let members = node.datastore.members().await?;
+        let members = node.datastore().members().await?;
         if members
             .iter()
             .any(|m| address_is_ip(&m.address, &origin.remote_ip))
@@ -366,7 +366,7 @@ async fn ensure_routable_address(
     .await?;
     let deadline = tokio::time::Instant::now() + REBIND_WAIT;
     loop {
-        if let Ok(m) = node.datastore.members().await {
+        if let Ok(m) = node.datastore().members().await {
             if !m.is_empty() && !on_loopback(&m) {
                 return Ok(m);
             }

@@ -79,7 +79,7 @@ pub async fn remove_node(
         NodeRef::Id(id) => (Vec::new(), Some(id)),
         NodeRef::Name(name) => (resolve(&name).await, None),
     };
-    let members = node.datastore.members().await.map_err(|e| {
+    let members = node.datastore().members().await.map_err(|e| {
         OpError::exit(
             EXIT_FAILURE,
             format!("Cannot read the datastore membership: {e}"),
@@ -112,7 +112,7 @@ pub async fn remove_node(
         [member] => {
             let alive = tokio::time::timeout(
                 super::status::PROBE_TIMEOUT,
-                node.datastore.describe(&member.address),
+                node.datastore().describe(&member.address),
             )
             .await
             .map(|r| r.is_ok())
@@ -137,7 +137,7 @@ pub async fn remove_node(
                     member.address
                 ));
             }
-            node.datastore
+            node.datastore()
                 .remove_by_address(&member.address)
                 .await
                 .map_err(|e| {

@@ -50,17 +50,17 @@ pub async fn status(node: &Node) -> StatusReport {
         members: Vec::new(),
         error: None,
     };
-    let members = match node.datastore.members().await {
+    let members = match node.datastore().members().await {
         Ok(m) => m,
         Err(e) => {
             report.error = Some(e.to_string());
             return report;
         }
     };
-    let leader = node.datastore.leader().await.ok().flatten();
+    let leader = node.datastore().leader().await.ok().flatten();
     let mut probes = tokio::task::JoinSet::new();
     for (i, m) in members.iter().enumerate() {
-        let ds: Arc<dyn Datastore> = node.datastore.clone();
+        let ds: Arc<dyn Datastore> = node.datastore();
         let address = m.address.clone();
         probes.spawn(async move {
             let answer = tokio::time::timeout(PROBE_TIMEOUT, ds.describe(&address)).await;
