@@ -127,7 +127,7 @@ fn is_identity_error(e: &reqwest::Error) -> bool {
     false
 }
 
-fn describe_error(e: &reqwest::Error) -> String {
+pub(crate) fn describe_error(e: &reqwest::Error) -> String {
     let mut out = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -240,10 +240,7 @@ pub async fn join_cluster(
         ));
     }
     if !req.worker {
-        return Err(OpError::exit(
-            EXIT_FAILURE,
-            "Joining as a control-plane node needs the embedded dqlite member, which this build does not host yet; join with --worker.",
-        ));
+        check_can_join_as_control_plane(node).await?;
     }
     let targets = targets(&conn, req.skip_verify)?;
     let (target, client) = preflight(node, &targets).await?;
@@ -271,6 +268,9 @@ pub async fn join_cluster(
             format!("The cluster answered with an unexpected join response: {e}"),
         )
     })?;
+    if !req.worker {
+        return super::join_control_plane::join(node, answer, target.addr).await;
+    }
     if answer.ca_key.is_some() {
         return Err(OpError::exit(
             EXIT_FAILURE,
@@ -372,6 +372,26 @@ pub async fn join_cluster(
         contacted: target.addr.to_string(),
         messages: out,
     })
+}
+
+/// A control-plane join replaces this node's datastore: refuse before any token is used if
+/// it cannot (no embedded member) or should not (it already has other members).
+async fn check_can_join_as_control_plane(node: &Node) -> Result<(), OpError> {
+    let Some(live) = node.membership.as_ref().and_then(|m| m.live()) else {
+        return Err(OpError::exit(
+            EXIT_FAILURE,
+            "Joining as a control-plane node needs the embedded dqlite member (--datastore embedded).",
+        ));
+    };
+    if let Ok(members) = live.client.cluster().await {
+        if members.len() > 1 {
+            return Err(OpError::exit(
+                EXIT_FAILURE,
+                "This node is already part of a cluster with other members. Run 'cluster-agent leave' first.",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A signed certificate and its key.

@@ -9,6 +9,7 @@ pub mod add_node;
 pub mod callbacks;
 pub mod decode;
 pub mod join;
+pub mod join_control_plane;
 pub mod joiner;
 pub mod leave;
 pub mod remove_node;
