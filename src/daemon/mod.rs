@@ -273,24 +273,27 @@ impl Daemon {
         shutdown.await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        // The open connections drain while this member hands its role over; both are bounded
+        // so the whole stop stays within SHUTDOWN_GRACE.
+        let drain = tokio::time::timeout(SHUTDOWN_GRACE, async {
             let _ = https_task.await;
             let _ = control_task.await;
-        })
-        .await;
-        if let Some(task) = roles_task {
-            let _ = task.await;
-        }
-        // Before the runtime goes away (dqlite-hosting-notes: stop the node first), and after
-        // handing this member's role to another one.
-        if let Some(m) = membership {
-            if let Some(live) = m.live() {
+        });
+        let handover = async {
+            if let Some(task) = roles_task {
+                let _ = task.await;
+            }
+            if let Some(live) = membership.as_ref().and_then(|m| m.live()) {
                 if let Err(e) =
                     roles::handover(&live.client, live.own_id, &config.roles, HANDOVER_BUDGET).await
                 {
                     tracing::warn!(error = %e, "role handover before stopping failed");
                 }
             }
+        };
+        let _ = tokio::join!(drain, handover);
+        // Before the runtime goes away (dqlite-hosting-notes: stop the node first).
+        if let Some(m) = membership {
             if let Err(e) = m.stop().await {
                 tracing::warn!(error = %e, "dqlite member did not stop cleanly");
             }
