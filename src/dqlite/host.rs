@@ -404,7 +404,12 @@ impl EmbeddedMember {
 
     /// Stops serving and stops the node (`dqlite_node_stop`, then destroy).
     pub async fn stop(mut self) -> Result<(), HostError> {
-        self.signal_stop();
+        let tasks = self.signal_stop();
+        // Wait for the aborted tasks to be gone: the TLS listener must be closed before this
+        // returns, so a member started next on the same address can bind it.
+        for task in tasks {
+            let _ = task.await;
+        }
         let Some(mut node) = self.node.take() else {
             return Ok(());
         };
@@ -421,17 +426,19 @@ impl EmbeddedMember {
         Ok(())
     }
 
-    fn signal_stop(&mut self) {
+    fn signal_stop(&mut self) -> Vec<JoinHandle<()>> {
         let _ = self.stop_tx.send(true);
-        for task in self.tasks.drain(..) {
+        let tasks: Vec<JoinHandle<()>> = self.tasks.drain(..).collect();
+        for task in &tasks {
             task.abort();
         }
+        tasks
     }
 }
 
 impl Drop for EmbeddedMember {
     fn drop(&mut self) {
-        self.signal_stop();
+        let _ = self.signal_stop();
         if self.node.is_some() {
             warn!("dqlite member dropped without stop(); stopping it synchronously");
         }

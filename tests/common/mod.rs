@@ -65,6 +65,21 @@ impl Node {
         node
     }
 
+    /// A node on a given address (a rebuilt machine keeps its IP), not yet started.
+    pub fn start_at(ip: Ipv4Addr, dir: tempfile::TempDir) -> Node {
+        let state = dir.path().to_path_buf();
+        let mut node = Node {
+            ip,
+            port: 25000,
+            state,
+            _dir: Some(dir),
+            child: None,
+            log: PathBuf::new(),
+        };
+        node.spawn(&[]);
+        node
+    }
+
     pub fn bind(&self) -> String {
         format!("{}:{}", self.ip, self.port)
     }

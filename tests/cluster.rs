@@ -1,0 +1,373 @@
+//! Clusters of real daemons with embedded dqlite members on 127.x.y.z addresses: formation,
+//! status on every node (cross-checked with the Debian `dqlite` shell), liveness, leave,
+//! remove-node, rejoin, and the roles manager over failure domains.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn cli(node: &Node, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["--state-dir", node.state.to_str().unwrap()];
+    all.extend_from_slice(args);
+    run_cli(&all, &[])
+}
+
+fn join(cp: &Node, joiner: &Node, extra: &[&str]) {
+    let out = cli(cp, &["add-node", "--format", "short"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let url = text(&out.stdout)
+        .trim()
+        .strip_prefix("cluster-agent join ")
+        .unwrap()
+        .to_string();
+    let mut args = vec!["join", url.as_str()];
+    args.extend_from_slice(extra);
+    let out = cli(joiner, &args);
+    assert!(
+        out.status.success(),
+        "join failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+fn status(node: &Node) -> Option<Value> {
+    let out = cli(node, &["status", "--format", "json"]);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// `(address, role, reachable)` of every member, sorted.
+fn members(v: &Value) -> Vec<(String, String, bool)> {
+    let mut out: Vec<(String, String, bool)> = v["members"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    (
+                        m["address"].as_str().unwrap_or("").to_string(),
+                        m["role"].as_str().unwrap_or("").to_string(),
+                        m["reachable"].as_bool().unwrap_or(false),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn dqlite_addr(node: &Node) -> String {
+    format!("{}:19001", node.ip)
+}
+
+fn live_voters(v: &Value) -> usize {
+    members(v)
+        .iter()
+        .filter(|(_, r, ok)| r == "voter" && *ok)
+        .count()
+}
+
+/// The Debian `dqlite` shell's view: `(address, role)` sorted.
+fn shell_cluster(node: &Node) -> Option<Vec<(String, String)>> {
+    let backend = node.state.join("var/kubernetes/backend");
+    let out = std::process::Command::new("timeout")
+        .args(["10", "dqlite", "-s", &dqlite_addr(node)])
+        .args(["-c", backend.join("cluster.crt").to_str().unwrap()])
+        .args(["-k", backend.join("cluster.key").to_str().unwrap()])
+        .args(["-f", "json", "k8s", ".cluster"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let mut list: Vec<(String, String)> = v
+        .as_array()?
+        .iter()
+        .map(|m| {
+            let role = match m["Role"].as_u64() {
+                Some(0) => "voter",
+                Some(1) => "standby",
+                _ => "spare",
+            };
+            (
+                m["Address"].as_str().unwrap_or("").to_string(),
+                role.to_string(),
+            )
+        })
+        .collect();
+    list.sort();
+    Some(list)
+}
+
+fn wait_live_voters(node: &Node, n: usize, what: &str) -> Value {
+    eventually(what, Duration::from_secs(30), || {
+        let s = status(node)?;
+        (live_voters(&s) == n).then_some(s)
+    })
+}
+
+#[test]
+fn three_control_planes_and_a_worker() {
+    let n1 = Node::start();
+    let n2 = Node::start();
+    let n3 = Node::start();
+    join(&n1, &n2, &[]);
+    join(&n1, &n3, &[]);
+    let s1 = wait_live_voters(&n1, 3, "three voters");
+    let expected: Vec<(String, String, bool)> = {
+        let mut v: Vec<_> = [&n1, &n2, &n3]
+            .iter()
+            .map(|n| (dqlite_addr(n), "voter".to_string(), true))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(members(&s1), expected);
+    // Every node agrees, and so does the independent shell.
+    for n in [&n2, &n3] {
+        let s = eventually("agreeing status", Duration::from_secs(10), || {
+            let s = status(n)?;
+            (members(&s) == expected).then_some(s)
+        });
+        assert_eq!(
+            s["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["leader"] == true)
+                .count(),
+            1
+        );
+    }
+    let shell: Vec<(String, String)> = expected
+        .iter()
+        .map(|(a, r, _)| (a.clone(), r.clone()))
+        .collect();
+    assert_eq!(shell_cluster(&n2), Some(shell));
+    let pretty = text(&cli(&n3, &["status"]).stdout);
+    assert!(pretty.starts_with("high-availability: yes\n"), "{pretty}");
+
+    // A worker lists every control plane for its apiserver-proxy.
+    let w = Node::start();
+    join(&n2, &w, &["--worker"]);
+    let provider: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(w.state.join("args/traefik/provider.yaml")).unwrap(),
+    )
+    .unwrap();
+    let servers: BTreeSet<String> = provider["tcp"]["services"]["kube-apiserver"]["loadBalancer"]
+        ["servers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|s| s["address"].as_str().unwrap().to_string())
+        .collect();
+    let want: BTreeSet<String> = [&n1, &n2, &n3]
+        .iter()
+        .map(|n| format!("{}:16443", n.ip))
+        .collect();
+    assert_eq!(servers, want);
+    // The worker is not a datastore member.
+    assert_eq!(members(&status(&n1).unwrap()).len(), 3);
+}
+
+#[test]
+fn a_killed_member_shows_unreachable_and_the_others_elect_a_leader() {
+    let mut n1 = Node::start();
+    let n2 = Node::start();
+    let n3 = Node::start();
+    join(&n1, &n2, &[]);
+    join(&n1, &n3, &[]);
+    wait_live_voters(&n1, 3, "three voters");
+    // kill -9 the leader (n1 bootstrapped the cluster and leads it).
+    n1.child.as_mut().unwrap().kill().unwrap();
+    n1.child.as_mut().unwrap().wait().unwrap();
+    n1.child = None;
+    let s = eventually(
+        "a new leader that reports n1 unreachable",
+        Duration::from_secs(30),
+        || {
+            let s = status(&n2)?;
+            let leader = s["members"]
+                .as_array()?
+                .iter()
+                .find(|m| m["leader"] == true)?
+                .clone();
+            let n1_row = members(&s)
+                .into_iter()
+                .find(|(a, _, _)| *a == dqlite_addr(&n1))?;
+            (!n1_row.2 && leader["address"] != dqlite_addr(&n1)).then_some(s)
+        },
+    );
+    let pretty = text(&cli(&n3, &["status"]).stdout);
+    assert!(
+        pretty
+            .lines()
+            .any(|l| l.contains(&dqlite_addr(&n1)) && l.trim_end().ends_with("NO")),
+        "{pretty}\n{s}"
+    );
+}
+
+#[test]
+fn leave_remove_node_and_rejoin() {
+    let n1 = Node::start();
+    let n2 = Node::start();
+    let n3 = Node::start();
+    join(&n1, &n2, &[]);
+    join(&n1, &n3, &[]);
+    wait_live_voters(&n1, 3, "three voters");
+
+    // leave: n3 departs, the other two keep a working cluster.
+    let out = cli(&n3, &["leave"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = eventually("n3 gone", Duration::from_secs(30), || {
+        let s = status(&n1)?;
+        (members(&s).len() == 2 && members(&s).iter().all(|(_, _, ok)| *ok)).then_some(s)
+    });
+    assert!(members(&s).iter().all(|(a, _, _)| *a != dqlite_addr(&n3)));
+    // n3 is a fresh single-node cluster with new certificates.
+    let s3 = status(&n3).unwrap();
+    assert_eq!(members(&s3), vec![(dqlite_addr(&n3), "voter".into(), true)]);
+    let ca1 = std::fs::read(n1.state.join("certs/ca.crt")).unwrap();
+    assert_ne!(ca1, std::fs::read(n3.state.join("certs/ca.crt")).unwrap());
+    // It joins again with a new token.
+    join(&n2, &n3, &[]);
+    wait_live_voters(&n1, 3, "three voters again");
+
+    // remove-node refuses a live member, removes a killed one with --force.
+    let out = cli(&n1, &["remove-node", &n3.ip.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("Removal failed"));
+    let mut n3 = n3;
+    n3.child.as_mut().unwrap().kill().unwrap();
+    n3.child.as_mut().unwrap().wait().unwrap();
+    n3.child = None;
+    let out = cli(&n1, &["remove-node", &n3.ip.to_string(), "--force"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = eventually("two healthy members", Duration::from_secs(30), || {
+        let s = status(&n2)?;
+        (members(&s).len() == 2 && members(&s).iter().all(|(_, _, ok)| *ok)).then_some(s)
+    });
+    assert_eq!(s["error"], Value::Null);
+
+    // The rebuilt node (same IP, new state) rejoins: no "already known to dqlite".
+    let rebuilt = {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = Node::start_at(n3.ip, dir);
+        node.wait_healthy();
+        node
+    };
+    join(&n1, &rebuilt, &[]);
+    wait_live_voters(&n2, 3, "three voters with the rebuilt node");
+}
+
+#[test]
+fn voters_spread_over_failure_domains_and_fail_over() {
+    let domains = [1, 1, 2, 2, 3];
+    let nodes: Vec<Node> = domains
+        .iter()
+        .map(|d| Node::start_with(&["--failure-domain", &d.to_string()]))
+        .collect();
+    for n in &nodes[1..] {
+        join(&nodes[0], n, &[]);
+    }
+    let voter_domains = |s: &Value| -> BTreeSet<u64> {
+        s["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "voter" && m["reachable"] == true)
+            .filter_map(|m| m["failure_domain"].as_u64())
+            .collect()
+    };
+    eventually("voters in three domains", Duration::from_secs(30), || {
+        let s = status(&nodes[0])?;
+        (live_voters(&s) == 3 && voter_domains(&s).len() == 3 && members(&s).len() == 5)
+            .then_some(())
+    });
+
+    // kill -9 a non-leader voter: three live voters again, the dead one demoted.
+    let s = status(&nodes[0]).unwrap();
+    let victim = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "voter" && m["leader"] == false)
+        .unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut nodes = nodes;
+    let idx = nodes.iter().position(|n| dqlite_addr(n) == victim).unwrap();
+    let mut dead = nodes.remove(idx);
+    dead.child.as_mut().unwrap().kill().unwrap();
+    dead.child.as_mut().unwrap().wait().unwrap();
+    dead.child = None;
+    eventually(
+        "failover to three live voters",
+        Duration::from_secs(30),
+        || {
+            let s = status(&nodes[0])?;
+            let dead_row = members(&s).into_iter().find(|(a, _, _)| *a == victim)?;
+            (live_voters(&s) == 3 && dead_row.1 == "spare").then_some(())
+        },
+    );
+    // The independent shell reads the cluster throughout.
+    assert!(shell_cluster(&nodes[0]).is_some());
+
+    // Graceful stop of a voter: replaced before it goes.
+    let s = status(&nodes[0]).unwrap();
+    let leaving = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "voter" && m["leader"] == false && m["reachable"] == true)
+        .unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let idx = nodes
+        .iter()
+        .position(|n| dqlite_addr(n) == leaving)
+        .unwrap();
+    let mut stopping = nodes.remove(idx);
+    let (st, _) = stopping.terminate();
+    assert!(st.success());
+    let s = status(&nodes[0]).unwrap();
+    let row = members(&s)
+        .into_iter()
+        .find(|(a, _, _)| *a == leaving)
+        .unwrap();
+    assert_eq!(
+        row.1, "spare",
+        "the stopped voter handed its vote over before leaving: {s}"
+    );
+    assert_eq!(live_voters(&s), 3, "{s}");
+}
+
+#[test]
+fn a_new_member_in_an_unused_domain_gets_a_voter() {
+    let a = Node::start_with(&["--failure-domain", "1"]);
+    let b = Node::start_with(&["--failure-domain", "1"]);
+    let c = Node::start_with(&["--failure-domain", "1"]);
+    join(&a, &b, &[]);
+    join(&a, &c, &[]);
+    wait_live_voters(&a, 3, "three voters in domain 1");
+    let d = Node::start_with(&["--failure-domain", "2"]);
+    join(&a, &d, &[]);
+    eventually("a voter in domain 2", Duration::from_secs(30), || {
+        let s = status(&a)?;
+        let d_row = members(&s)
+            .into_iter()
+            .find(|(addr, _, _)| *addr == dqlite_addr(&d))?;
+        (d_row.1 == "voter" && live_voters(&s) == 3).then_some(())
+    });
+}
