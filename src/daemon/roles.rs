@@ -117,11 +117,39 @@ pub async fn run(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut last_error: Option<String> = None;
+    let mut last_round = tokio::time::Instant::now() - cfg.probe_interval;
+    let mut last_seen: Vec<(u64, Role)> = Vec::new();
+    let mut leading = false;
     loop {
-        let round = match membership.live() {
+        let live = membership.live();
+        // Between full rounds, a cheap look at the membership (one request to the leader)
+        // catches joins and leaves within a fraction of the probe interval.
+        let due = last_round.elapsed() >= cfg.probe_interval;
+        let changed = match (&live, due) {
+            (Some(live), false) if leading => match live.client.cluster().await {
+                Ok(nodes) => {
+                    let seen: Vec<(u64, Role)> = nodes.iter().map(|n| (n.id, n.role)).collect();
+                    let changed = seen != last_seen;
+                    last_seen = seen;
+                    changed
+                }
+                Err(_) => false,
+            },
+            _ => false,
+        };
+        if !(due || changed) {
+            tokio::select! {
+                _ = tokio::time::sleep(MEMBERSHIP_POLL) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            continue;
+        }
+        last_round = tokio::time::Instant::now();
+        let round = match live {
             Some(live) => adjust_once(&live.client, live.own_id, &cfg).await,
             None => Ok(None),
         };
+        leading = matches!(round, Ok(Some(_)));
         match round {
             Ok(_) => last_error = None,
             Err(e) => {
@@ -133,11 +161,14 @@ pub async fn run(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(cfg.probe_interval) => {}
+            _ = tokio::time::sleep(MEMBERSHIP_POLL) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
 }
+
+/// How often the driver looks at the membership list between full probe rounds.
+const MEMBERSHIP_POLL: Duration = Duration::from_millis(200);
 
 /// Graceful handover before this member stops: if it is the leader, leadership goes to
 /// another voter; if it votes or stands by, a live replacement is promoted first, then this

@@ -72,6 +72,8 @@ struct Api {
     node_set_connect_func:
         unsafe extern "C" fn(node: *mut RawNode, f: Option<ConnectFn>, arg: *mut c_void) -> c_int,
     node_set_failure_domain: unsafe extern "C" fn(node: *mut RawNode, code: u64) -> c_int,
+    node_set_network_latency_ms:
+        unsafe extern "C" fn(node: *mut RawNode, ms: std::ffi::c_uint) -> c_int,
     node_start: unsafe extern "C" fn(node: *mut RawNode) -> c_int,
     node_stop: unsafe extern "C" fn(node: *mut RawNode) -> c_int,
     node_errmsg: unsafe extern "C" fn(node: *mut RawNode) -> *const c_char,
@@ -124,6 +126,7 @@ impl Library {
             node_get_bind_address: sym!("dqlite_node_get_bind_address"),
             node_set_connect_func: sym!("dqlite_node_set_connect_func"),
             node_set_failure_domain: sym!("dqlite_node_set_failure_domain"),
+            node_set_network_latency_ms: sym!("dqlite_node_set_network_latency_ms"),
             node_start: sym!("dqlite_node_start"),
             node_stop: sym!("dqlite_node_stop"),
             node_errmsg: sym!("dqlite_node_errmsg"),
@@ -327,6 +330,14 @@ impl Node {
         // SAFETY: live, not yet started node.
         let rv = unsafe { (self.api().node_set_failure_domain)(self.raw.as_ptr(), code) };
         self.check("dqlite_node_set_failure_domain", rv)
+    }
+
+    /// Raft timing from the expected network latency: heartbeat 1.5 ×, election timeout
+    /// 15 × (libdqlite's default without it: 3 s election timeout).
+    pub fn set_network_latency_ms(&mut self, ms: u32) -> Result<(), FfiError> {
+        // SAFETY: live, not yet started node; the value is range-checked by libdqlite.
+        let rv = unsafe { (self.api().node_set_network_latency_ms)(self.raw.as_ptr(), ms) };
+        self.check("dqlite_node_set_network_latency_ms", rv)
     }
 
     /// Starts the node's loop thread; returns once it serves. Bootstraps a fresh data

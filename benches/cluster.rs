@@ -1,0 +1,206 @@
+//! Cluster benchmark (prints figures; not a test), on loopback with real daemons:
+//! - control-plane join: wall time from `join` to "member" and to "voter";
+//! - kill -9 of a non-leader voter (5 members) until 3 live voters again, median of runs;
+//! - kill -9 of the leader until a new leader with 3 live voters, median of runs.
+//!
+//! Run: `cargo bench --bench cluster`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cluster_agent::dqlite::{Client, ClientTls, Options, Role};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cluster-agent");
+const RUNS: usize = 3;
+
+struct Daemon {
+    ip: Ipv4Addr,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Daemon {
+    fn start(ip: Ipv4Addr) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(BIN)
+            .args([
+                "daemon",
+                "--state-dir",
+                dir.path().to_str().unwrap(),
+                "--bind",
+                &format!("{ip}:25000"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let d = Daemon { ip, dir, child };
+        wait(Duration::from_secs(30), || {
+            d.dir.path().join("run/cluster-agent.sock").exists()
+        });
+        d
+    }
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .arg("--state-dir")
+            .arg(self.dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    fn dqlite(&self) -> String {
+        format!("{}:19001", self.ip)
+    }
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+fn join_url(cp: &Daemon) -> String {
+    cp.cli(&["add-node", "--format", "short"])
+        .trim()
+        .strip_prefix("cluster-agent join ")
+        .unwrap()
+        .to_string()
+}
+
+fn client(d: &Daemon, seeds: Vec<String>) -> Client {
+    let b = d.dir.path().join("var/kubernetes/backend");
+    let tls = ClientTls::load(&b.join("cluster.crt"), &b.join("cluster.key")).unwrap();
+    let opts = Options {
+        dial_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(2),
+        call_timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
+    Client::new(seeds, Some(tls), opts).unwrap()
+}
+
+fn role_of(rt: &tokio::runtime::Runtime, c: &Client, addr: &str) -> Option<Role> {
+    rt.block_on(c.cluster())
+        .ok()?
+        .into_iter()
+        .find(|n| n.address == addr)
+        .map(|n| n.role)
+}
+
+fn live_voters(rt: &tokio::runtime::Runtime, c: &Client, dead: &[String]) -> usize {
+    rt.block_on(c.cluster())
+        .map(|ns| {
+            ns.iter()
+                .filter(|n| n.role == Role::Voter && !dead.contains(&n.address))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn cluster(base: u8, n: usize) -> Vec<Daemon> {
+    let nodes: Vec<Daemon> = (0..n)
+        .map(|i| Daemon::start(Ipv4Addr::new(127, 251, base, i as u8 + 2)))
+        .collect();
+    for d in &nodes[1..] {
+        d.cli(&["join", &join_url(&nodes[0])]);
+    }
+    nodes
+}
+
+fn main() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // Join timing: the third node becomes a voter (with two members the policy keeps one).
+    let mut to_member = Vec::new();
+    let mut to_voter = Vec::new();
+    for run in 0..RUNS {
+        let nodes = cluster(10 + run as u8, 2);
+        let third = Daemon::start(Ipv4Addr::new(127, 251, 10 + run as u8, 9));
+        let url = join_url(&nodes[0]);
+        let c = client(&nodes[0], vec![nodes[0].dqlite()]);
+        let start = Instant::now();
+        third.cli(&["join", &url]);
+        to_member.push(start.elapsed());
+        wait(Duration::from_secs(30), || {
+            role_of(&rt, &c, &third.dqlite()) == Some(Role::Voter)
+        });
+        to_voter.push(start.elapsed());
+    }
+    println!("control-plane join: member after {:.2} s, voter after {:.2} s (median of {RUNS}; target ≤ 2 s)",
+        median(to_member).as_secs_f64(), median(to_voter).as_secs_f64());
+
+    // kill -9 of a non-leader voter.
+    let mut times = Vec::new();
+    for run in 0..RUNS {
+        let mut nodes = cluster(20 + run as u8, 5);
+        let seeds: Vec<String> = nodes.iter().map(Daemon::dqlite).collect();
+        let c = client(&nodes[0], seeds);
+        wait(Duration::from_secs(30), || live_voters(&rt, &c, &[]) == 3);
+        let leader = rt.block_on(c.leader()).unwrap().address;
+        let ns = rt.block_on(c.cluster()).unwrap();
+        let victim = ns
+            .iter()
+            .find(|n| n.role == Role::Voter && n.address != leader)
+            .unwrap()
+            .address
+            .clone();
+        let idx = nodes.iter().position(|d| d.dqlite() == victim).unwrap();
+        let start = Instant::now();
+        nodes[idx].kill();
+        wait(Duration::from_secs(60), || {
+            live_voters(&rt, &c, std::slice::from_ref(&victim)) == 3
+        });
+        times.push(start.elapsed());
+    }
+    println!("kill -9 of a non-leader voter → 3 live voters: median {:.2} s over {RUNS} runs (target ≤ 3 s; go-dqlite: 25 s)",
+        median(times).as_secs_f64());
+
+    // kill -9 of the leader.
+    let mut times = Vec::new();
+    for run in 0..RUNS {
+        let mut nodes = cluster(30 + run as u8, 5);
+        let seeds: Vec<String> = nodes.iter().map(Daemon::dqlite).collect();
+        let c = client(&nodes[1], seeds);
+        wait(Duration::from_secs(30), || live_voters(&rt, &c, &[]) == 3);
+        let leader = rt.block_on(c.leader()).unwrap().address;
+        let idx = nodes.iter().position(|d| d.dqlite() == leader).unwrap();
+        let start = Instant::now();
+        nodes[idx].kill();
+        wait(Duration::from_secs(60), || {
+            let new_leader = rt
+                .block_on(c.leader())
+                .map(|l| l.address != leader)
+                .unwrap_or(false);
+            new_leader && live_voters(&rt, &c, std::slice::from_ref(&leader)) == 3
+        });
+        times.push(start.elapsed());
+    }
+    println!("kill -9 of the leader → new leader with 3 live voters: median {:.2} s over {RUNS} runs (target ≤ 6 s)",
+        median(times).as_secs_f64());
+}
