@@ -173,38 +173,6 @@ pub struct Dqlite {
     pub client: std::sync::Arc<crate::dqlite::Client>,
 }
 
-impl Dqlite {
-    /// Seeds: `cluster.yaml` addresses plus `extra` (the local member). No I/O happens until
-    /// the first call.
-    pub fn new(state: &StateDir, extra: &[String]) -> Result<Dqlite, DatastoreError> {
-        let layout = state.layout();
-        let tls = crate::dqlite::ClientTls::load(
-            &layout.backend("cluster.crt"),
-            &layout.backend("cluster.key"),
-        )
-        .map_err(|e| DatastoreError::Unavailable(e.to_string()))?;
-        let mut seeds: Vec<String> = extra.to_vec();
-        for m in (ClusterYaml {
-            state: state.clone(),
-        })
-        .read()?
-        {
-            if !seeds.contains(&m.address) {
-                seeds.push(m.address);
-            }
-        }
-        let opts = crate::dqlite::Options {
-            call_timeout: std::time::Duration::from_secs(20),
-            ..Default::default()
-        };
-        let client = crate::dqlite::Client::new(seeds, Some(tls), opts)
-            .map_err(|e| DatastoreError::Unavailable(e.to_string()))?;
-        Ok(Dqlite {
-            client: std::sync::Arc::new(client),
-        })
-    }
-}
-
 fn unavailable(e: crate::dqlite::ClientError) -> DatastoreError {
     DatastoreError::Unavailable(e.to_string())
 }
