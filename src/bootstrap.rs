@@ -14,6 +14,15 @@ use crate::pki::{self, Authority, LeafSpec, PemPair, PkiError};
 use crate::secret;
 use crate::state::{mode, StateDir, StateError};
 
+/// The kubeconfigs bootstrap issues (under `credentials/`).
+pub const KUBECONFIGS: [&str; 5] = [
+    "client.config",
+    "kubelet.config",
+    "proxy.config",
+    "scheduler.config",
+    "controller.config",
+];
+
 /// The address kube-apiserver and the local kubeconfigs use.
 pub const APISERVER_URL: &str = "https://127.0.0.1:16443";
 /// First address of MicroK8s's service range, the in-cluster `kubernetes` service IP.

@@ -60,6 +60,21 @@ impl Node {
         }
     }
 
+    /// Fills in whatever material is missing (after join or leave removed some), for this
+    /// host and bind address.
+    pub fn rebootstrap(&self, failure_domain: u64) -> Result<(), crate::ops::OpError> {
+        crate::bootstrap::bootstrap(
+            &self.state,
+            &crate::net::HostIdentity::discover(),
+            &crate::bootstrap::BootstrapOptions {
+                bind: self.settings.bind,
+                failure_domain,
+            },
+        )
+        .map(|_| ())
+        .map_err(|e| crate::ops::OpError::Internal(e.to_string()))
+    }
+
     /// `$SNAP`, if running inside the snap.
     pub fn snap_dir(&self) -> Option<&std::path::Path> {
         self.settings.env.snap.as_deref()

@@ -35,16 +35,10 @@ fn touched(node: &Node) -> Vec<PathBuf> {
     .map(|f| l.cert(f))
     .collect();
     v.extend(
-        [
-            "client.config",
-            "kubelet.config",
-            "proxy.config",
-            "scheduler.config",
-            "controller.config",
-            "callback-token.txt",
-        ]
-        .iter()
-        .map(|f| l.credential(f)),
+        crate::bootstrap::KUBECONFIGS
+            .iter()
+            .chain(&["callback-token.txt"])
+            .map(|f| l.credential(f)),
     );
     v.extend(["kubelet", "kube-apiserver"].iter().map(|s| l.args(s)));
     v.push(l.marker("no-cert-reissue"));
@@ -161,24 +155,11 @@ async fn install(
     for f in ["server.crt", "server.key"] {
         state.remove(&l.cert(f))?;
     }
-    for f in [
-        "client.config",
-        "kubelet.config",
-        "proxy.config",
-        "scheduler.config",
-        "controller.config",
-    ] {
+    for f in crate::bootstrap::KUBECONFIGS {
         state.remove(&l.credential(f))?;
     }
-    crate::bootstrap::bootstrap(
-        state,
-        &crate::net::HostIdentity::discover(),
-        &crate::bootstrap::BootstrapOptions {
-            bind: node.settings.bind,
-            failure_domain: membership.template().failure_domain,
-        },
-    )
-    .map_err(fail)?;
+    node.rebootstrap(membership.template().failure_domain)
+        .map_err(fail)?;
 
     // A fresh member, added to the cluster as a spare.
     let live = membership
@@ -212,26 +193,13 @@ async fn install(
     membership.refresh_cluster_yaml().await;
 
     // Arguments and tokens of the cluster.
-    let mut kubelet_args = crate::args::ArgsFile::parse(&answer.kubelet_args);
-    if kubelet_args.contains("--node-ip") {
-        kubelet_args.set("--node-ip", &answer.hostname_override);
-    }
-    kubelet_args.remove("--hostname-override");
+    let kubelet_args = super::joiner::cluster_kubelet_args(answer);
     state.write(
         &l.args("kubelet"),
         kubelet_args.render().as_bytes(),
         mode::ARGS,
     )?;
-    state.update_args("kube-apiserver", |f| {
-        let mut changed = false;
-        if !answer.api_authz_mode.is_empty() {
-            changed |= f.set("--authorization-mode", &answer.api_authz_mode);
-        }
-        if !answer.apiport.is_empty() {
-            changed |= f.set("--secure-port", &answer.apiport);
-        }
-        changed
-    })?;
+    super::joiner::adopt_apiserver_args(state, answer)?;
     state.write(
         &l.credential("callback-token.txt"),
         answer.callback_token.as_bytes(),

@@ -569,11 +569,7 @@ fn configure_worker(
     )?;
 
     // kubelet arguments come from the cluster, adapted to a worker.
-    let mut kubelet_args = crate::args::ArgsFile::parse(&answer.kubelet_args);
-    if kubelet_args.contains("--node-ip") {
-        kubelet_args.set("--node-ip", &answer.hostname_override);
-    }
-    kubelet_args.remove("--hostname-override");
+    let mut kubelet_args = cluster_kubelet_args(answer);
     kubelet_args.set("--client-ca-file", "${SNAP_DATA}/certs/ca.remote.crt");
     kubelet_args.set(
         "--node-labels",
@@ -588,16 +584,7 @@ fn configure_worker(
         }
         changed
     })?;
-    state.update_args("kube-apiserver", |f| {
-        let mut changed = false;
-        if !answer.api_authz_mode.is_empty() {
-            changed |= f.set("--authorization-mode", &answer.api_authz_mode);
-        }
-        if !answer.apiport.is_empty() {
-            changed |= f.set("--secure-port", &answer.apiport);
-        }
-        changed
-    })?;
+    adopt_apiserver_args(state, answer)?;
     state.write(
         &files.callback,
         answer.callback_token.as_bytes(),
@@ -630,6 +617,35 @@ fn configure_worker(
     for marker in ["clustered.lock", "no-k8s-dqlite", "no-cert-reissue"] {
         state.set_marker(marker)?;
     }
+    Ok(())
+}
+
+/// The cluster's kubelet arguments adapted to this node: its own `--node-ip` (the address
+/// the cluster saw), no `--hostname-override`.
+pub(crate) fn cluster_kubelet_args(answer: &JoinResponseV2) -> crate::args::ArgsFile {
+    let mut args = crate::args::ArgsFile::parse(&answer.kubelet_args);
+    if args.contains("--node-ip") {
+        args.set("--node-ip", &answer.hostname_override);
+    }
+    args.remove("--hostname-override");
+    args
+}
+
+/// The cluster's API server authorisation mode and port.
+pub(crate) fn adopt_apiserver_args(
+    state: &StateDir,
+    answer: &JoinResponseV2,
+) -> Result<(), OpError> {
+    state.update_args("kube-apiserver", |f| {
+        let mut changed = false;
+        if !answer.api_authz_mode.is_empty() {
+            changed |= f.set("--authorization-mode", &answer.api_authz_mode);
+        }
+        if !answer.apiport.is_empty() {
+            changed |= f.set("--secure-port", &answer.apiport);
+        }
+        changed
+    })?;
     Ok(())
 }
 

@@ -143,26 +143,14 @@ fn reset_to_single_node(node: &Node) -> Result<(), OpError> {
     ] {
         state.remove(&l.cert(f))?;
     }
-    for f in [
-        "client.config",
-        "kubelet.config",
-        "proxy.config",
-        "scheduler.config",
-        "controller.config",
-        "callback-token.txt",
-    ] {
+    for f in crate::bootstrap::KUBECONFIGS
+        .iter()
+        .chain(&["callback-token.txt"])
+    {
         state.remove(&l.credential(f))?;
     }
     state.remove(&l.marker("no-cert-reissue"))?;
-    crate::bootstrap::bootstrap(
-        state,
-        &crate::net::HostIdentity::discover(),
-        &crate::bootstrap::BootstrapOptions {
-            bind: node.settings.bind,
-            failure_domain: 1,
-        },
-    )
-    .map_err(|e| {
+    node.rebootstrap(1).map_err(|e| {
         OpError::exit(
             EXIT_FAILURE,
             format!("Bootstrapping a new single-node cluster failed: {e}"),
@@ -197,15 +185,8 @@ fn leave_worker(node: &Node) -> Result<LeaveResponse, OpError> {
         for path in &removed {
             state.remove(path)?;
         }
-        crate::bootstrap::bootstrap(
-            state,
-            &crate::net::HostIdentity::discover(),
-            &crate::bootstrap::BootstrapOptions {
-                bind: node.settings.bind,
-                failure_domain: 1,
-            },
-        )
-        .map_err(|e| OpError::Internal(e.to_string()))?;
+        node.rebootstrap(1)
+            .map_err(|e| OpError::Internal(e.to_string()))?;
         Ok(())
     })();
     if let Err(e) = result {
