@@ -34,8 +34,9 @@ pub struct ApiserverProxyArgs {
     #[arg(long, value_parser = parse_bind)]
     pub listen: Option<SocketAddr>,
 
-    /// Deadline of one connect attempt to an upstream before trying the next one.
-    #[arg(long, default_value = "1s", value_parser = positive)]
+    /// Deadline of one connect attempt to an upstream before trying the next one (the last
+    /// upstream left to try gets at least 7s).
+    #[arg(long, default_value = "500ms", value_parser = positive)]
     pub connect_timeout: Duration,
 
     /// How long open connections may continue after SIGTERM/SIGINT.
@@ -158,7 +159,7 @@ mod tests {
             PathBuf::from("/sd/credentials/kubelet.config")
         );
         assert_eq!(s.refresh_interval, None);
-        assert_eq!(s.connect_timeout, Duration::from_secs(1));
+        assert_eq!(s.connect_timeout, Duration::from_millis(500));
         assert_eq!(s.stats_interval, Some(Duration::from_secs(300)));
         assert!(T::try_parse_from(["x", "--refresh-interval", "30"]).is_err());
         assert!(T::try_parse_from(["x", "--connect-timeout", "0"]).is_err());

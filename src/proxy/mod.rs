@@ -7,7 +7,7 @@
 //! - `metrics`: Prometheus text and the stats line (pure).
 //! - `pool`: the shared balancer plus dialing (client fail-over, active probe).
 //! - `refresh`: the Kubernetes API client and the refresh loop.
-//! - `server`: accept, splice, drain.
+//! - `server`: accept, forward, drain; `splice`: zero-copy forwarding (Linux `splice(2)`).
 //!
 //! Invariants: every input file is read and validated before anything is bound; the upstream
 //! list is only ever replaced by a non-empty list; a list change never closes the listener or
@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod pool;
 pub mod refresh;
 pub mod server;
+pub mod splice;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
-//! The listener: accept, connect an upstream through the [`Pool`], copy bytes both ways until
-//! both sides are done; on shutdown stop accepting and let open connections finish for up to
+//! The listener: accept, connect an upstream through the [`Pool`], forward bytes both ways
+//! ([`splice::forward`]) until both sides are done; on shutdown stop accepting and let open connections finish for up to
 //! the drain timeout.
 
 use std::future::Future;
@@ -10,9 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use super::pool::Pool;
-
-/// Copy buffer per direction. Larger than tokio's 8 KiB default: fewer system calls per byte.
-const BUFFER: usize = 64 * 1024;
+use super::splice;
 
 /// Serves until `shutdown` resolves, then drains (see the module doc).
 pub async fn serve(
@@ -64,22 +62,15 @@ pub async fn serve(
     }
 }
 
-async fn proxy_connection(mut client: TcpStream, peer: SocketAddr, pool: &Pool) {
-    let Some((mut upstream, target)) = pool.connect().await else {
+async fn proxy_connection(client: TcpStream, peer: SocketAddr, pool: &Pool) {
+    let Some((upstream, target)) = pool.connect().await else {
         tracing::debug!(%peer, "no upstream accepted the connection; closing it");
         return;
     };
     // Kubernetes API traffic is request/response: no Nagle delays in either hop.
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let (to_upstream, from_upstream) = match tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut upstream,
-        BUFFER,
-        BUFFER,
-    )
-    .await
-    {
+    let (to_upstream, from_upstream) = match splice::forward(client, upstream).await {
         Ok(counts) => counts,
         Err(e) => {
             tracing::debug!(%peer, upstream = %target, error = %e, "connection ended with an error");
