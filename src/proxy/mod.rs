@@ -239,7 +239,7 @@ impl Proxy {
 /// Re-reads the provider file every [`WATCH_INTERVAL`] and applies a changed, non-empty list.
 /// Each unusable content is logged once.
 async fn watch_provider(path: PathBuf, pool: Pool) {
-    let mut last = std::fs::read(&path).ok();
+    let mut last = tokio::fs::read(&path).await.ok();
     let mut ticks = tokio::time::interval(WATCH_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
