@@ -7,10 +7,12 @@
 //! - A client tries the healthy upstreams first, then the down ones (longest-down first), so
 //!   it never sees an error while any upstream accepts connections.
 //! - Among healthy upstreams the first choice is the one with the lowest recent connect latency
-//!   (EWMA); upstreams within `TIE_RATIO × best + TIE_SLACK` tie and are taken in turn
+//!   (the lowest of its last [`WINDOW`] connect times, so a one-off scheduling spike does not
+//!   count but a sustained slowdown does); upstreams within `TIE_RATIO × best + TIE_SLACK` tie and are taken in turn
 //!   (round-robin). An upstream without a recent sample (new, or not chosen for
 //!   `STALE_AFTER`) counts as a tie, so slower upstreams get re-measured by real traffic.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::config::Upstream;
@@ -21,14 +23,14 @@ pub const TIE_RATIO: f64 = 1.5;
 pub const TIE_SLACK: Duration = Duration::from_millis(1);
 /// A latency sample older than this no longer excludes an upstream from the tie band.
 pub const STALE_AFTER: Duration = Duration::from_secs(30);
-/// Weight of a new sample in the moving average.
-const EWMA_ALPHA: f64 = 0.3;
+/// Connect times remembered per upstream.
+pub const WINDOW: usize = 8;
 
 #[derive(Debug, Clone)]
 struct Entry {
     upstream: Upstream,
     healthy: bool,
-    latency: Option<Duration>,
+    samples: VecDeque<Duration>,
     sampled_at: Option<Instant>,
     down_since: Option<Instant>,
     active: u64,
@@ -43,7 +45,7 @@ impl Entry {
         Entry {
             upstream,
             healthy: true,
-            latency: None,
+            samples: VecDeque::with_capacity(WINDOW),
             sampled_at: None,
             down_since: None,
             active: 0,
@@ -54,8 +56,12 @@ impl Entry {
         }
     }
 
+    fn latency(&self) -> Option<Duration> {
+        self.samples.iter().min().copied()
+    }
+
     fn fresh_latency(&self, now: Instant) -> Option<Duration> {
-        match (self.latency, self.sampled_at) {
+        match (self.latency(), self.sampled_at) {
             (Some(l), Some(at)) if now.saturating_duration_since(at) < STALE_AFTER => Some(l),
             _ => None,
         }
@@ -142,7 +148,7 @@ impl Balancer {
                     (Some(l), Some(band)) => l <= band,
                     _ => true,
                 });
-        slower.sort_by_key(|e| e.latency);
+        slower.sort_by_key(|e| e.latency());
         let mut down: Vec<&Entry> = self.entries.iter().filter(|e| !e.healthy).collect();
         down.sort_by_key(|e| e.down_since);
 
@@ -173,10 +179,10 @@ impl Balancer {
         now: Instant,
     ) -> Option<Health> {
         let entry = self.entry(upstream)?;
-        entry.latency = Some(match entry.latency {
-            Some(avg) => avg.mul_f64(1.0 - EWMA_ALPHA) + latency.mul_f64(EWMA_ALPHA),
-            None => latency,
-        });
+        if entry.samples.len() == WINDOW {
+            entry.samples.pop_front();
+        }
+        entry.samples.push_back(latency);
         entry.sampled_at = Some(now);
         if kind == DialKind::Client {
             entry.active += 1;
@@ -227,7 +233,7 @@ impl Balancer {
                 active: e.active,
                 connections: e.connections,
                 failures: e.failures,
-                dial_latency: e.latency,
+                dial_latency: e.latency(),
                 bytes_to_upstream: e.bytes_to_upstream,
                 bytes_from_upstream: e.bytes_from_upstream,
             })
@@ -280,6 +286,25 @@ mod tests {
         let picks = firsts(&mut b, 4, now);
         assert_eq!(picks, vec![a.clone(), c.clone(), a.clone(), c.clone()]);
         assert_eq!(b.plan(now)[2], bb);
+    }
+
+    #[test]
+    fn one_spike_does_not_exclude_but_a_sustained_slowdown_does() {
+        let (mut b, a, bb, _) = three();
+        b.set_upstreams(&[a.clone(), bb.clone()]);
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        for _ in 0..3 {
+            b.dial_ok(&a, ms(1), DialKind::Probe, now);
+            b.dial_ok(&bb, ms(1), DialKind::Probe, now);
+        }
+        b.dial_ok(&bb, ms(9), DialKind::Probe, now);
+        let picks = firsts(&mut b, 4, now);
+        assert!(picks.contains(&a) && picks.contains(&bb), "{picks:?}");
+        for _ in 0..WINDOW {
+            b.dial_ok(&bb, ms(9), DialKind::Probe, now);
+        }
+        assert!(firsts(&mut b, 4, now).iter().all(|u| u == &a));
     }
 
     #[test]
@@ -342,11 +367,7 @@ mod tests {
         assert_eq!((s.active, s.connections, s.failures), (1, 2, 1));
         assert_eq!((s.bytes_to_upstream, s.bytes_from_upstream), (10, 20));
         assert!(!s.healthy);
-        let l = s.dial_latency.unwrap();
-        assert!(
-            l > Duration::from_millis(2) && l < Duration::from_millis(4),
-            "{l:?}"
-        );
+        assert_eq!(s.dial_latency, Some(Duration::from_millis(2)));
     }
 
     #[test]

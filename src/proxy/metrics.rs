@@ -67,7 +67,7 @@ pub fn render_prometheus(s: &Snapshot) -> String {
     family(
         "cluster_agent_proxy_upstream_dial_seconds",
         "gauge",
-        "Moving average of the TCP connect time (NaN before the first connection).",
+        "Lowest of the last 8 TCP connect times (NaN before the first connection).",
         per(&|u| match u.dial_latency {
             Some(d) => format!("{:.6}", d.as_secs_f64()),
             None => "NaN".into(),
