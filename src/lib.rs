@@ -18,6 +18,7 @@ pub mod net;
 pub mod node;
 pub mod ops;
 pub mod pki;
+pub mod proxy;
 pub mod ratelimit;
 pub mod roles;
 pub mod secret;

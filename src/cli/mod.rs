@@ -3,6 +3,7 @@
 //! Invariant: [`exit_code`] is the only place that turns an error into a process exit code.
 
 pub mod add_node;
+pub mod apiserver_proxy;
 pub mod daemon;
 pub mod join;
 pub mod leave;
@@ -51,6 +52,8 @@ pub enum Command {
     ClusterAgent(daemon::DaemonArgs),
     /// Issue a join token and print the commands that join another node to this one.
     AddNode(add_node::AddNodeArgs),
+    /// The worker's TCP load balancer to the control planes' API servers (MicroK8s flags).
+    ApiserverProxy(apiserver_proxy::ApiserverProxyArgs),
     /// Show the datastore members: roles, failure domains, liveness.
     Status(status::StatusArgs),
     /// Join the node to a cluster.
@@ -76,6 +79,7 @@ pub fn run(cli: Cli, env: Environment) -> anyhow::Result<()> {
             daemon::run(args, cli.state_dir, env)
         }
         Command::AddNode(args) => add_node::run(args, cli.state_dir, env),
+        Command::ApiserverProxy(args) => apiserver_proxy::run(args, cli.state_dir, env),
         Command::Status(args) => status::run(args, cli.state_dir, env),
         Command::Join(args) => join::run(args, cli.state_dir, env),
         Command::Leave(args) => leave::run(args, cli.state_dir, env),

@@ -651,17 +651,7 @@ pub(crate) fn adopt_apiserver_args(
 
 /// `args/traefik/provider.yaml` in MicroK8s's format.
 pub fn render_provider(endpoints: &[String]) -> String {
-    let mut out = String::from(
-        "tcp:\n  routers:\n    Router-1:\n      rule: HostSNI(`*`)\n      service: kube-apiserver\n      tls:\n        passthrough: true\n  services:\n    kube-apiserver:\n      loadBalancer:\n        servers:\n",
-    );
-    for e in endpoints {
-        if e.starts_with('[') {
-            out.push_str(&format!("        - address: '{e}'\n"));
-        } else {
-            out.push_str(&format!("        - address: {e}\n"));
-        }
-    }
-    out
+    crate::proxy::config::render_provider(endpoints)
 }
 
 /// `args/traefik/traefik.yaml`: the listen address and where the provider file is.

@@ -1,0 +1,190 @@
+//! The shared upstream pool: the [`Balancer`] behind a lock, plus the dialing that feeds it
+//! (client connections with fail-over, and the active probe of upstreams marked down).
+//!
+//! Invariant: the lock is never held across an `.await`; dial results are reported after the
+//! dial completes.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+use super::balancer::{Balancer, DialKind, Health};
+use super::config::Upstream;
+use super::metrics::Snapshot;
+
+/// The connect timeout of the last upstream left to try for a client: long enough for two
+/// SYN retransmissions, so one lost packet does not fail a client when there is no
+/// alternative.
+pub const LAST_RESORT_CONNECT_TIMEOUT: Duration = Duration::from_secs(7);
+
+const REFRESH_LABELS: [&str; 4] = ["updated", "unchanged", "empty", "failed"];
+
+/// Cheap-to-clone handle on the upstreams and their health.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    balancer: Mutex<Balancer>,
+    connect_timeout: Duration,
+    rejected: AtomicU64,
+    refreshes: [AtomicU64; 4],
+}
+
+impl Pool {
+    pub fn new(upstreams: &[Upstream], connect_timeout: Duration) -> Pool {
+        Pool {
+            inner: Arc::new(Inner {
+                balancer: Mutex::new(Balancer::new(upstreams)),
+                connect_timeout,
+                rejected: AtomicU64::new(0),
+                refreshes: Default::default(),
+            }),
+        }
+    }
+
+    fn balancer(&self) -> MutexGuard<'_, Balancer> {
+        // The balancer's state stays consistent even if a holder panicked.
+        self.inner
+            .balancer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn upstreams(&self) -> Vec<Upstream> {
+        self.balancer().upstreams()
+    }
+
+    /// Replaces the upstream list (established connections are not touched).
+    pub fn set_upstreams(&self, upstreams: &[Upstream]) -> bool {
+        self.balancer().set_upstreams(upstreams)
+    }
+
+    /// Connects to an upstream for a client: tries them in the balancer's order until one
+    /// accepts. `None` when none did (the caller closes the client connection).
+    pub async fn connect(&self) -> Option<(TcpStream, Upstream)> {
+        let plan = self.balancer().plan(Instant::now());
+        let last = plan.len().saturating_sub(1);
+        for (i, upstream) in plan.into_iter().enumerate() {
+            let timeout = if i == last {
+                self.inner.connect_timeout.max(LAST_RESORT_CONNECT_TIMEOUT)
+            } else {
+                self.inner.connect_timeout
+            };
+            let started = Instant::now();
+            match dial(&upstream, timeout).await {
+                Ok(stream) => {
+                    let change = self.balancer().dial_ok(
+                        &upstream,
+                        started.elapsed(),
+                        DialKind::Client,
+                        Instant::now(),
+                    );
+                    log_change(&upstream, change, None);
+                    return Some((stream, upstream));
+                }
+                Err(e) => {
+                    let change = self.balancer().dial_failed(&upstream, Instant::now());
+                    log_change(&upstream, change, Some(&e));
+                }
+            }
+        }
+        self.inner.rejected.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    /// Reports the end of a connection returned by [`Pool::connect`].
+    pub fn closed(&self, upstream: &Upstream, to_upstream: u64, from_upstream: u64) {
+        self.balancer().closed(upstream, to_upstream, from_upstream);
+    }
+
+    /// Test-dials every upstream marked down, concurrently; a success marks it up again.
+    pub async fn probe(&self) {
+        let targets = self.balancer().probe_targets();
+        let mut dials = tokio::task::JoinSet::new();
+        for upstream in targets {
+            let timeout = self.inner.connect_timeout;
+            dials.spawn(async move {
+                let started = Instant::now();
+                let result = dial(&upstream, timeout).await.map(|_| started.elapsed());
+                (upstream, result)
+            });
+        }
+        while let Some(joined) = dials.join_next().await {
+            let Ok((upstream, result)) = joined else {
+                continue;
+            };
+            let now = Instant::now();
+            let change = match &result {
+                Ok(latency) => self
+                    .balancer()
+                    .dial_ok(&upstream, *latency, DialKind::Probe, now),
+                Err(_) => self.balancer().dial_failed(&upstream, now),
+            };
+            log_change(&upstream, change, result.as_ref().err());
+        }
+    }
+
+    /// Probes every `interval`, forever.
+    pub async fn probe_every(self, interval: Duration) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.probe().await;
+        }
+    }
+
+    pub fn count_refresh(&self, label: &str) {
+        if let Some(i) = REFRESH_LABELS.iter().position(|l| *l == label) {
+            self.inner.refreshes[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let upstreams = self.balancer().stats();
+        let mut refreshes = [("", 0); 4];
+        for (i, label) in REFRESH_LABELS.iter().enumerate() {
+            refreshes[i] = (*label, self.inner.refreshes[i].load(Ordering::Relaxed));
+        }
+        Snapshot {
+            upstreams,
+            rejected: self.inner.rejected.load(Ordering::Relaxed),
+            refreshes,
+        }
+    }
+}
+
+fn log_change(upstream: &Upstream, change: Option<Health>, error: Option<&io::Error>) {
+    match change {
+        Some(Health::Down) => tracing::warn!(
+            upstream = %upstream,
+            error = error.map(|e| e.to_string()).unwrap_or_default(),
+            "upstream marked down"
+        ),
+        Some(Health::Up) => tracing::info!(upstream = %upstream, "upstream is back up"),
+        None => {}
+    }
+}
+
+/// One TCP connect with a deadline. IP literals need no DNS; names are resolved each time.
+pub async fn dial(upstream: &Upstream, timeout: Duration) -> io::Result<TcpStream> {
+    let connect = async {
+        match upstream.socket_addr() {
+            Some(addr) => TcpStream::connect(addr).await,
+            None => TcpStream::connect(upstream.as_str()).await,
+        }
+    };
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("connect timed out after {timeout:?}"),
+        )),
+    }
+}
