@@ -10,6 +10,7 @@ pub mod connection;
 pub mod daemon;
 pub mod datastore;
 pub mod dqlite;
+pub mod errtext;
 pub mod goduration;
 pub mod kubeconfig;
 pub mod membership;

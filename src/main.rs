@@ -16,7 +16,10 @@ fn main() -> ExitCode {
     match cli::run(parsed, cluster_agent::state::Environment::from_process()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("Error: {err:#}");
+            eprintln!(
+                "Error: {}",
+                cluster_agent::errtext::error_chain(err.as_ref())
+            );
             ExitCode::from(cli::exit_code(&err))
         }
     }

@@ -108,11 +108,7 @@ pub fn run(
         }
     }
     let config = ProxyConfig::load(settings).context("proxy failed")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = super::server_runtime()?;
     runtime.block_on(async move {
         let proxy = Proxy::bind(config).await.context("proxy failed")?;
         proxy.serve(crate::daemon::shutdown_signal()).await;

@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{ArgAction, Args};
 
 use crate::daemon::{parse_bind, DaemonConfig, DatastoreMode, MinTls};
@@ -157,11 +156,7 @@ impl DaemonArgs {
 
 pub fn run(args: DaemonArgs, state_dir: Option<PathBuf>, env: Environment) -> anyhow::Result<()> {
     let config = args.resolve(state_dir.as_deref(), &env);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = super::server_runtime()?;
     runtime.block_on(async move {
         let daemon = crate::daemon::Daemon::start(config, HostIdentity::discover()).await?;
         daemon.serve(crate::daemon::shutdown_signal()).await;

@@ -87,6 +87,17 @@ pub fn run(cli: Cli, env: Environment) -> anyhow::Result<()> {
     }
 }
 
+/// The runtime of the long-running commands (daemon, apiserver-proxy): two workers are
+/// plenty for a node agent and keep its footprint small.
+pub fn server_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 /// Runs one future on a small current-thread runtime (CLI commands are short-lived).
 pub fn block_on<F: std::future::Future>(fut: F) -> anyhow::Result<F::Output> {
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -128,14 +128,7 @@ fn is_identity_error(e: &reqwest::Error) -> bool {
 }
 
 pub(crate) fn describe_error(e: &reqwest::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+    crate::errtext::error_chain(e)
 }
 
 /// Finds a target that answers with the pinned identity and a sane clock.

@@ -6,6 +6,7 @@
 //! Invariant: a failed or empty answer never replaces the current list; only a non-empty list
 //! that differs from the current one does (then provider.yaml is rewritten, mode 0644).
 
+use crate::errtext::error_chain;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -134,17 +135,6 @@ impl ApiClient {
         let body = response.bytes().await.map_err(|e| error_chain(&e))?;
         Ok(body.to_vec())
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// What one refresh round produced.
