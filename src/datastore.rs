@@ -245,3 +245,73 @@ mod tests {
         assert_eq!(host_of("[fd00::1]:19001"), "fd00::1");
     }
 }
+
+/// k8s-dqlite's member (inside the snap): the live cluster through our client when it
+/// answers, else the membership list k8s-dqlite keeps in `cluster.yaml`.
+pub struct External {
+    pub live: Dqlite,
+    pub yaml: ClusterYaml,
+}
+
+impl External {
+    /// A client seeded with the addresses in `info.yaml` and `cluster.yaml`; `None` without
+    /// a cluster certificate or any address.
+    pub fn client(state: &StateDir) -> Option<std::sync::Arc<crate::dqlite::Client>> {
+        let layout = state.layout();
+        let tls = crate::dqlite::ClientTls::load(
+            &layout.backend("cluster.crt"),
+            &layout.backend("cluster.key"),
+        )
+        .ok()?;
+        let backend = layout.backend_dir();
+        let mut seeds: Vec<String> = Vec::new();
+        if let Ok(Some((_, address))) = crate::dqlite::files::read_info(&backend) {
+            seeds.push(address);
+        }
+        if let Ok(Some(nodes)) = crate::dqlite::files::read_cluster(&backend) {
+            seeds.extend(nodes.into_iter().map(|n| n.address));
+        }
+        seeds.dedup();
+        if seeds.is_empty() {
+            return None;
+        }
+        let opts = crate::dqlite::Options {
+            dial_timeout: std::time::Duration::from_secs(1),
+            request_timeout: std::time::Duration::from_secs(2),
+            call_timeout: std::time::Duration::from_secs(3),
+            ..Default::default()
+        };
+        crate::dqlite::Client::new(seeds, Some(tls), opts)
+            .ok()
+            .map(std::sync::Arc::new)
+    }
+}
+
+impl Datastore for External {
+    fn members(&self) -> BoxFuture<'_, Result<Vec<Member>, DatastoreError>> {
+        Box::pin(async move {
+            match self.live.members().await {
+                Ok(m) if !m.is_empty() => Ok(m),
+                _ => self.yaml.read(),
+            }
+        })
+    }
+
+    fn remove_by_address<'a>(
+        &'a self,
+        address: &'a str,
+    ) -> BoxFuture<'a, Result<(), DatastoreError>> {
+        self.live.remove_by_address(address)
+    }
+
+    fn describe<'a>(
+        &'a self,
+        address: &'a str,
+    ) -> BoxFuture<'a, Result<MemberMetadata, DatastoreError>> {
+        self.live.describe(address)
+    }
+
+    fn leader(&self) -> BoxFuture<'_, Result<Option<String>, DatastoreError>> {
+        Box::pin(async move { Ok(self.live.leader().await.ok().flatten()) })
+    }
+}

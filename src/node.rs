@@ -32,6 +32,8 @@ pub struct Node {
     pub membership: Option<Arc<crate::membership::Membership>>,
     /// The :25000 certificate, reloaded when a join or leave replaces it.
     pub serving: Option<Arc<crate::daemon::tls::ServingCert>>,
+    /// Client to k8s-dqlite's cluster (external datastore).
+    pub external_client: Option<Arc<crate::dqlite::Client>>,
 }
 
 impl Node {
@@ -44,19 +46,29 @@ impl Node {
             state,
             membership: None,
             serving: None,
+            external_client: None,
         }
     }
 
-    /// The datastore as it is now: the live dqlite cluster when this node hosts a member,
-    /// else the membership list k8s-dqlite keeps in `cluster.yaml`.
+    /// The datastore as it is now: the live dqlite cluster when this node hosts a member;
+    /// k8s-dqlite's cluster (falling back to its `cluster.yaml`) with the external datastore.
     pub fn datastore(&self) -> Arc<dyn Datastore> {
-        match self.membership.as_ref().and_then(|m| m.live()) {
-            Some(live) => Arc::new(crate::datastore::Dqlite {
+        let yaml = crate::datastore::ClusterYaml {
+            state: self.state.clone(),
+        };
+        if let Some(live) = self.membership.as_ref().and_then(|m| m.live()) {
+            return Arc::new(crate::datastore::Dqlite {
                 client: live.client,
+            });
+        }
+        match &self.external_client {
+            Some(client) => Arc::new(crate::datastore::External {
+                live: crate::datastore::Dqlite {
+                    client: client.clone(),
+                },
+                yaml,
             }),
-            None => Arc::new(crate::datastore::ClusterYaml {
-                state: self.state.clone(),
-            }),
+            None => Arc::new(yaml),
         }
     }
 

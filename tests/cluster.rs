@@ -371,3 +371,44 @@ fn a_new_member_in_an_unused_domain_gets_a_voter() {
         (d_row.1 == "voter" && live_voters(&s) == 3).then_some(())
     });
 }
+
+#[test]
+fn external_datastore_status_reads_the_live_cluster() {
+    // Inside the snap k8s-dqlite hosts the member; here an embedded daemon plays it, and an
+    // external-mode daemon shares its backend files (certificate, info.yaml, cluster.yaml).
+    let host = Node::start();
+    let dir = tempfile::tempdir().unwrap();
+    let backend = dir.path().join("var/kubernetes/backend");
+    std::fs::create_dir_all(&backend).unwrap();
+    for f in ["cluster.crt", "cluster.key", "info.yaml", "cluster.yaml"] {
+        std::fs::copy(
+            host.state.join("var/kubernetes/backend").join(f),
+            backend.join(f),
+        )
+        .unwrap();
+    }
+    let ip = unique_loopback();
+    let mut ext = Node::start_at_with(
+        ip,
+        dir,
+        &["--datastore", "external", "--service-manager", "none"],
+    );
+    ext.wait_healthy();
+    let out = run_cli(
+        &[
+            "--state-dir",
+            ext.state.to_str().unwrap(),
+            "status",
+            "--format",
+            "json",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        members(&s),
+        vec![(dqlite_addr(&host), "voter".to_string(), true)],
+        "{s}"
+    );
+}

@@ -191,6 +191,9 @@ impl Daemon {
             },
         );
         node.membership = membership;
+        if config.datastore == DatastoreMode::External {
+            node.external_client = crate::datastore::External::client(&node.state);
+        }
         node.serving = Some(serving);
         let limiter = crate::ratelimit::RateLimiter::new(
             config.auth_failure_limit,
@@ -248,15 +251,30 @@ impl Daemon {
                 })
                 .await;
         });
-        let roles_task = match (
-            &membership,
-            config.manage_roles || config.datastore == DatastoreMode::Embedded,
-        ) {
-            (Some(m), true) => Some(tokio::spawn(roles::run(
-                m.clone(),
-                config.roles.clone(),
-                stop_rx.clone(),
-            ))),
+        let roles_task = match (&membership, &app.node.external_client) {
+            (Some(m), _) => {
+                let m = m.clone();
+                let live = move || m.live().map(|l| (l.client, l.own_id));
+                Some(tokio::spawn(roles::run(
+                    live,
+                    config.roles.clone(),
+                    stop_rx.clone(),
+                )))
+            }
+            (None, Some(client)) if config.manage_roles => {
+                let backend = app.node.state.layout().backend_dir();
+                let own = crate::dqlite::files::read_info(&backend)
+                    .ok()
+                    .flatten()
+                    .map(|(id, _)| id);
+                let client = client.clone();
+                let live = move || own.map(|id| (client.clone(), id));
+                Some(tokio::spawn(roles::run(
+                    live,
+                    config.roles.clone(),
+                    stop_rx.clone(),
+                )))
+            }
             _ => None,
         };
         let router = api::router(app, config.request_timeout);

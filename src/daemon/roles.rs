@@ -112,7 +112,7 @@ pub async fn adjust_once(
 /// Runs the driver until `stop` fires. A join or leave may replace the member (and so the
 /// client and id) at any time; each round uses the current one.
 pub async fn run(
-    membership: Arc<crate::membership::Membership>,
+    live: impl Fn() -> Option<(Arc<Client>, u64)> + Send + 'static,
     cfg: RolesConfig,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -121,12 +121,12 @@ pub async fn run(
     let mut last_seen: Vec<(u64, Role)> = Vec::new();
     let mut leading = false;
     loop {
-        let live = membership.live();
+        let live = live();
         // Between full rounds, a cheap look at the membership (one request to the leader)
         // catches joins and leaves within a fraction of the probe interval.
         let due = last_round.elapsed() >= cfg.probe_interval;
         let changed = match (&live, due) {
-            (Some(live), false) if leading => match live.client.cluster().await {
+            (Some((client, _)), false) if leading => match client.cluster().await {
                 Ok(nodes) => {
                     let seen: Vec<(u64, Role)> = nodes.iter().map(|n| (n.id, n.role)).collect();
                     let changed = seen != last_seen;
@@ -146,7 +146,7 @@ pub async fn run(
         }
         last_round = tokio::time::Instant::now();
         let round = match live {
-            Some(live) => adjust_once(&live.client, live.own_id, &cfg).await,
+            Some((client, own_id)) => adjust_once(&client, own_id, &cfg).await,
             None => Ok(None),
         };
         leading = matches!(round, Ok(Some(_)));

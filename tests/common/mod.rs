@@ -65,8 +65,12 @@ impl Node {
         node
     }
 
-    /// A node on a given address (a rebuilt machine keeps its IP), not yet started.
+    /// A node on a given address (a rebuilt machine keeps its IP); call `wait_healthy`.
     pub fn start_at(ip: Ipv4Addr, dir: tempfile::TempDir) -> Node {
+        Self::start_at_with(ip, dir, &[])
+    }
+
+    pub fn start_at_with(ip: Ipv4Addr, dir: tempfile::TempDir, extra: &[&str]) -> Node {
         let state = dir.path().to_path_buf();
         let mut node = Node {
             ip,
@@ -76,7 +80,7 @@ impl Node {
             child: None,
             log: PathBuf::new(),
         };
-        node.spawn(&[]);
+        node.spawn(extra);
         node
     }
 
