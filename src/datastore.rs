@@ -220,32 +220,6 @@ impl Datastore for Dqlite {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_k8s_dqlite_cluster_yaml() {
-        let text = "- Address: 10.10.10.10:19001\n  ID: 1\n  Role: 0\n- Address: 10.10.10.11:19001\n  ID: 2\n- Address: 10.10.10.100:19001\n  ID: 3\n  Role: 2\n";
-        let members = parse_cluster_yaml(text).unwrap();
-        assert_eq!(members.len(), 3);
-        assert_eq!(members[1].role, Role::Voter, "missing Role means voter");
-        assert_eq!(members[2].role, Role::Spare);
-        assert!(parse_cluster_yaml("- Address: x\n  Role: 7\n").is_err());
-        assert!(parse_cluster_yaml("").unwrap().is_empty());
-    }
-
-    #[test]
-    fn host_matching_is_exact() {
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        assert!(address_is_ip("10.0.0.1:19001", &ip));
-        assert!(!address_is_ip("10.0.0.12:19001", &ip));
-        let v6: IpAddr = "fd00::1".parse().unwrap();
-        assert!(address_is_ip("[fd00::1]:19001", &v6));
-        assert_eq!(host_of("[fd00::1]:19001"), "fd00::1");
-    }
-}
-
 /// k8s-dqlite's member (inside the snap): the live cluster through our client when it
 /// answers, else the membership list k8s-dqlite keeps in `cluster.yaml`.
 pub struct External {
@@ -313,5 +287,31 @@ impl Datastore for External {
 
     fn leader(&self) -> BoxFuture<'_, Result<Option<String>, DatastoreError>> {
         Box::pin(async move { Ok(self.live.leader().await.ok().flatten()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_k8s_dqlite_cluster_yaml() {
+        let text = "- Address: 10.10.10.10:19001\n  ID: 1\n  Role: 0\n- Address: 10.10.10.11:19001\n  ID: 2\n- Address: 10.10.10.100:19001\n  ID: 3\n  Role: 2\n";
+        let members = parse_cluster_yaml(text).unwrap();
+        assert_eq!(members.len(), 3);
+        assert_eq!(members[1].role, Role::Voter, "missing Role means voter");
+        assert_eq!(members[2].role, Role::Spare);
+        assert!(parse_cluster_yaml("- Address: x\n  Role: 7\n").is_err());
+        assert!(parse_cluster_yaml("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn host_matching_is_exact() {
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(address_is_ip("10.0.0.1:19001", &ip));
+        assert!(!address_is_ip("10.0.0.12:19001", &ip));
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert!(address_is_ip("[fd00::1]:19001", &v6));
+        assert_eq!(host_of("[fd00::1]:19001"), "fd00::1");
     }
 }
