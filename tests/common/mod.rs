@@ -51,16 +51,7 @@ impl Node {
 
     pub fn start_with(extra: &[&str]) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().to_path_buf();
-        let mut node = Node {
-            ip: unique_loopback(),
-            port: 25000,
-            state,
-            _dir: Some(dir),
-            child: None,
-            log: PathBuf::new(),
-        };
-        node.spawn(extra);
+        let mut node = Self::start_at_with(unique_loopback(), dir, extra);
         node.wait_healthy();
         node
     }
