@@ -237,3 +237,85 @@ fn a_local_failure_changes_nothing() {
     assert_eq!(before, snapshot(&worker.state));
     assert!(!worker.state.join("var/lock/clustered.lock").exists());
 }
+
+/// remove-node deletes the Kubernetes Node object through the API server named in
+/// `credentials/client.config`; here a small HTTPS server on the control plane's address
+/// (with its own serving certificate) plays kube-apiserver.
+#[test]
+fn remove_node_deletes_the_kubernetes_node_of_a_worker() {
+    use std::sync::{Arc, Mutex};
+    let cp = Node::start();
+    let worker = Node::start();
+    let url = legacy_url(&cp);
+    let out = cli(&worker, &["join", &url, "--worker"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let deleted: Arc<Mutex<Vec<String>>> = Arc::default();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api_addr = std::net::SocketAddr::new(cp.ip.into(), 16443);
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(api_addr))
+        .unwrap();
+    let nodes = serde_json::json!({"items": [{
+        "metadata": {"name": "worker-1"},
+        "status": {"addresses": [{"type": "InternalIP", "address": worker.ip.to_string()}]}
+    }]});
+    let record = deleted.clone();
+    let app = axum::Router::new()
+        .route(
+            "/api/v1/nodes",
+            axum::routing::get(move || async move { axum::Json(nodes) }),
+        )
+        .route(
+            "/api/v1/nodes/{name}",
+            axum::routing::delete(
+                move |axum::extract::Path(name): axum::extract::Path<String>| async move {
+                    record.lock().unwrap().push(name);
+                    "{}"
+                },
+            ),
+        );
+    let certs = cp.state.join("certs");
+    let serving = cluster_agent::daemon::tls::ServingCert::load(
+        &certs.join("server.crt"),
+        &certs.join("server.key"),
+        None,
+    )
+    .unwrap();
+    let tls =
+        cluster_agent::daemon::tls::server_config(serving, cluster_agent::daemon::MinTls::Tls12)
+            .unwrap();
+    rt.spawn(cluster_agent::daemon::https::serve(
+        listener,
+        tokio_rustls::TlsAcceptor::from(tls),
+        app,
+        std::future::pending(),
+        std::time::Duration::from_secs(1),
+    ));
+    let config = cp.state.join("credentials/client.config");
+    let text_config = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text_config.replace("https://127.0.0.1:16443", &format!("https://{api_addr}")),
+    )
+    .unwrap();
+
+    let out = cli(&cp, &["remove-node", &worker.ip.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("Deleted the Kubernetes node worker-1"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(*deleted.lock().unwrap(), vec!["worker-1".to_string()]);
+
+    // An address Kubernetes does not know (and no datastore member): refused.
+    let out = cli(&cp, &["remove-node", &unique_loopback().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("is not part of the cluster"));
+}

@@ -98,16 +98,29 @@ pub async fn remove_node(
     }
     match found.as_slice() {
         [] => {
-            if !req.force {
-                return Err(OpError::exit(
+            // Workers are not datastore members: only their Kubernetes Node goes.
+            return match delete_kubernetes_node(node, &req.node, &ips).await {
+                KubeOutcome::Deleted(msg) => {
+                    messages.push(msg);
+                    Ok(RemoveNodeResponse { messages })
+                }
+                other if !req.force => Err(OpError::exit(
                     EXIT_FAILURE,
-                    format!("Node {} is not part of the cluster.", req.node),
-                ));
-            }
-            messages.push(format!(
-                "Node {} is not a datastore member; nothing to remove there.",
-                req.node
-            ));
+                    format!(
+                        "Node {} is not part of the cluster. ({})",
+                        req.node,
+                        other.text()
+                    ),
+                )),
+                other => {
+                    messages.push(format!(
+                        "Node {} is not a datastore member; nothing to remove there.",
+                        req.node
+                    ));
+                    messages.push(other.text());
+                    Ok(RemoveNodeResponse { messages })
+                }
+            };
         }
         [member] => {
             let alive = tokio::time::timeout(
@@ -163,6 +176,11 @@ pub async fn remove_node(
             ));
         }
     }
+    let ips_for_k8s: Vec<IpAddr> = found
+        .iter()
+        .filter_map(|m| host_of(&m.address).parse().ok())
+        .chain(ips.iter().copied())
+        .collect();
     let node2 = node.clone();
     let cleaned_ips: Vec<IpAddr> = found
         .iter()
@@ -180,9 +198,74 @@ pub async fn remove_node(
             .map_err(OpError::from)
     })
     .await?;
-    messages.push("No Kubernetes API is configured for this agent: delete the Node object with kubectl if one exists.".into());
+    messages.push(
+        delete_kubernetes_node(node, &req.node, &ips_for_k8s)
+            .await
+            .text(),
+    );
     tracing::info!(node = %req.node, force = req.force, "remove-node");
     Ok(RemoveNodeResponse { messages })
+}
+
+/// What happened to the Kubernetes Node object.
+enum KubeOutcome {
+    Deleted(String),
+    Absent(String),
+    Skipped(String),
+}
+
+impl KubeOutcome {
+    fn text(self) -> String {
+        match self {
+            KubeOutcome::Deleted(s) | KubeOutcome::Absent(s) | KubeOutcome::Skipped(s) => s,
+        }
+    }
+}
+
+/// Deletes the Node object through the API server of `credentials/client.config`; the node
+/// is found by name, or by InternalIP when given an address.
+async fn delete_kubernetes_node(node: &Node, target: &str, ips: &[IpAddr]) -> KubeOutcome {
+    let path = node.state.layout().credential("client.config");
+    if !path.exists() {
+        return KubeOutcome::Skipped(
+            "No Kubernetes API is configured: the Node object was not deleted.".into(),
+        );
+    }
+    let api = match crate::proxy::refresh::ApiClient::from_kubeconfig(&path) {
+        Ok(api) => api,
+        Err(e) => {
+            return KubeOutcome::Skipped(format!(
+                "Kubernetes API not usable ({e}): the Node object was not deleted."
+            ))
+        }
+    };
+    let nodes = match api.nodes().await {
+        Ok(n) => n,
+        Err(e) => {
+            return KubeOutcome::Skipped(format!(
+                "Kubernetes API at {} not reachable ({e}): the Node object was not deleted; delete it with kubectl.",
+                api.server()
+            ))
+        }
+    };
+    let wanted: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
+    let name = nodes
+        .iter()
+        .find(|(name, node_ips)| name == target || node_ips.iter().any(|ip| wanted.contains(ip)))
+        .map(|(name, _)| name.clone());
+    let Some(name) = name else {
+        return KubeOutcome::Absent(format!("Kubernetes has no node {target}."));
+    };
+    match api.delete_node(&name).await {
+        Ok(200..=299) => KubeOutcome::Deleted(format!("Deleted the Kubernetes node {name}.")),
+        Ok(404) => KubeOutcome::Absent(format!("Kubernetes has no node {name}.")),
+        Ok(status) => KubeOutcome::Skipped(format!(
+            "Deleting the Kubernetes node {name} failed (HTTP {status})."
+        )),
+        Err(e) => {
+            KubeOutcome::Skipped(format!("Deleting the Kubernetes node {name} failed ({e})."))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -119,6 +119,49 @@ impl ApiClient {
         Err(RefreshError::Api { slices, endpoints })
     }
 
+    /// `GET /api/v1/nodes` → `(name, InternalIPs)` of every node.
+    pub async fn nodes(&self) -> Result<Vec<(String, Vec<String>)>, String> {
+        let body = self.get("/api/v1/nodes").await?;
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        Ok(v["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|n| {
+                        let name = n["metadata"]["name"].as_str()?.to_string();
+                        let ips = n["status"]["addresses"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .filter(|x| x["type"] == "InternalIP")
+                                    .filter_map(|x| x["address"].as_str().map(str::to_string))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        Some((name, ips))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// `DELETE /api/v1/nodes/<name>`; returns the HTTP status.
+    pub async fn delete_node(&self, name: &str) -> Result<u16, String> {
+        let mut request = self
+            .client
+            .delete(format!("{}/api/v1/nodes/{name}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| error_chain(&e))?;
+        Ok(response.status().as_u16())
+    }
+
+    pub fn server(&self) -> &str {
+        &self.base
+    }
+
     async fn get(&self, path: &str) -> Result<Vec<u8>, String> {
         let mut request = self
             .client
