@@ -319,3 +319,58 @@ fn remove_node_deletes_the_kubernetes_node_of_a_worker() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("is not part of the cluster"));
 }
+
+/// A peer whose clock is an hour off is refused before any token is used.
+#[test]
+fn clock_skew_is_refused() {
+    let joiner = Node::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pair = cluster_agent::pki::self_signed(&cluster_agent::pki::LeafSpec {
+        common_name: "skewed".into(),
+        dns_names: vec!["skewed".into()],
+        server: true,
+        ..Default::default()
+    })
+    .unwrap();
+    std::fs::write(dir.path().join("s.crt"), &pair.cert_pem).unwrap();
+    std::fs::write(dir.path().join("s.key"), &pair.key_pem).unwrap();
+    let serving = cluster_agent::daemon::tls::ServingCert::load(
+        &dir.path().join("s.crt"),
+        &dir.path().join("s.key"),
+        None,
+    )
+    .unwrap();
+    let tls =
+        cluster_agent::daemon::tls::server_config(serving, cluster_agent::daemon::MinTls::Tls12)
+            .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = std::net::SocketAddr::new(unique_loopback().into(), 25000);
+    let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).unwrap();
+    let app = axum::Router::new().route(
+        "/health",
+        axum::routing::get(|| async {
+            let skewed = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+            (
+                [("date", httpdate::fmt_http_date(skewed))],
+                "{\"status\":\"OK\"}",
+            )
+        }),
+    );
+    rt.spawn(cluster_agent::daemon::https::serve(
+        listener,
+        tokio_rustls::TlsAcceptor::from(tls),
+        app,
+        std::future::pending(),
+        std::time::Duration::from_secs(1),
+    ));
+    let out = cli(
+        &joiner,
+        &["join", &format!("{addr}/{}", "a".repeat(32)), "--worker"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("clocks of this node") && err.contains("more than 30s"),
+        "{err}"
+    );
+}
