@@ -253,9 +253,6 @@ fn remove_node_deletes_the_kubernetes_node_of_a_worker() {
     let deleted: Arc<Mutex<Vec<String>>> = Arc::default();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let api_addr = std::net::SocketAddr::new(cp.ip.into(), 16443);
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind(api_addr))
-        .unwrap();
     let nodes = serde_json::json!({"items": [{
         "metadata": {"name": "worker-1"},
         "status": {"addresses": [{"type": "InternalIP", "address": worker.ip.to_string()}]}
@@ -276,22 +273,13 @@ fn remove_node_deletes_the_kubernetes_node_of_a_worker() {
             ),
         );
     let certs = cp.state.join("certs");
-    let serving = cluster_agent::daemon::tls::ServingCert::load(
+    serve_tls(
+        &rt,
+        api_addr,
         &certs.join("server.crt"),
         &certs.join("server.key"),
-        None,
-    )
-    .unwrap();
-    let tls =
-        cluster_agent::daemon::tls::server_config(serving, cluster_agent::daemon::MinTls::Tls12)
-            .unwrap();
-    rt.spawn(cluster_agent::daemon::https::serve(
-        listener,
-        tokio_rustls::TlsAcceptor::from(tls),
         app,
-        std::future::pending(),
-        std::time::Duration::from_secs(1),
-    ));
+    );
     let config = cp.state.join("credentials/client.config");
     let text_config = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
@@ -334,18 +322,8 @@ fn clock_skew_is_refused() {
     .unwrap();
     std::fs::write(dir.path().join("s.crt"), &pair.cert_pem).unwrap();
     std::fs::write(dir.path().join("s.key"), &pair.key_pem).unwrap();
-    let serving = cluster_agent::daemon::tls::ServingCert::load(
-        &dir.path().join("s.crt"),
-        &dir.path().join("s.key"),
-        None,
-    )
-    .unwrap();
-    let tls =
-        cluster_agent::daemon::tls::server_config(serving, cluster_agent::daemon::MinTls::Tls12)
-            .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let addr = std::net::SocketAddr::new(unique_loopback().into(), 25000);
-    let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).unwrap();
     let app = axum::Router::new().route(
         "/health",
         axum::routing::get(|| async {
@@ -356,13 +334,13 @@ fn clock_skew_is_refused() {
             )
         }),
     );
-    rt.spawn(cluster_agent::daemon::https::serve(
-        listener,
-        tokio_rustls::TlsAcceptor::from(tls),
+    serve_tls(
+        &rt,
+        addr,
+        &dir.path().join("s.crt"),
+        &dir.path().join("s.key"),
         app,
-        std::future::pending(),
-        std::time::Duration::from_secs(1),
-    ));
+    );
     let out = cli(
         &joiner,
         &["join", &format!("{addr}/{}", "a".repeat(32)), "--worker"],
@@ -373,4 +351,27 @@ fn clock_skew_is_refused() {
         err.contains("clocks of this node") && err.contains("more than 30s"),
         "{err}"
     );
+}
+
+/// Serves `app` over TLS with the certificate pair in `dir` on `addr`, on `rt`, until the
+/// runtime is dropped: a stand-in for kube-apiserver or a peer agent.
+fn serve_tls(
+    rt: &tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+    crt: &Path,
+    key: &Path,
+    app: axum::Router,
+) {
+    let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).unwrap();
+    let serving = cluster_agent::daemon::tls::ServingCert::load(crt, key, None).unwrap();
+    let tls =
+        cluster_agent::daemon::tls::server_config(serving, cluster_agent::daemon::MinTls::Tls12)
+            .unwrap();
+    rt.spawn(cluster_agent::daemon::https::serve(
+        listener,
+        tokio_rustls::TlsAcceptor::from(tls),
+        app,
+        std::future::pending(),
+        std::time::Duration::from_secs(1),
+    ));
 }
