@@ -19,6 +19,17 @@ pub fn unique_loopback() -> Ipv4Addr {
     Ipv4Addr::new(127, a, (n / 250) as u8, (n % 250 + 2) as u8)
 }
 
+/// The agent binary with a clean snap environment and no stdin (outside a snap, whatever the
+/// calling shell exports).
+pub fn agent(args: &[String]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("SNAP_DATA")
+        .env_remove("SNAP")
+        .stdin(Stdio::null());
+    cmd
+}
+
 /// Polls `check` until it returns `Some` or `deadline` passes.
 pub fn eventually<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let until = Instant::now() + deadline;
@@ -90,12 +101,8 @@ impl Node {
             self.bind(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new(BIN)
-            .args(&args)
-            .env_remove("SNAP_DATA")
-            .env_remove("SNAP")
+        let child = agent(&args)
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -167,13 +174,9 @@ pub fn https_client(state: &Path) -> reqwest::blocking::Client {
 
 /// Runs the binary to completion with a timeout.
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_remove("SNAP_DATA")
-        .env_remove("SNAP")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let mut cmd = agent(&args);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
