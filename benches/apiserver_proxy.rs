@@ -1,17 +1,26 @@
 //! apiserver-proxy benchmark (prints figures; not a test), run by `benches/apiserver-proxy.sh`:
-//! - throughput through the proxy vs a direct connection on loopback, both directions
-//!   (target: ≥ 90 % of direct);
-//! - connect latency overhead: connect + first byte from the upstream, direct vs proxied;
-//! - failover after an upstream dies (target: ≤ 1 s), for a killed process (connection
-//!   refused) and a silent host (SYNs dropped, emulated with a full accept queue).
+//! - `throughput`: bulk upload and download through the proxy vs a direct connection, all on
+//!   loopback. Client, proxy and upstream share the machine's cores, so this measures the
+//!   proxy's CPU cost per byte more than anything a worker would notice;
+//! - `link`: the same with the upstreams in a network namespace behind a veth pair limited to
+//!   `--link-rate` (default 10gbit) each way, the way a worker reaches its API servers
+//!   (target: proxied ≥ 90 % of direct);
+//! - `connect`: connect + first byte from the upstream, direct vs proxied;
+//! - `failover`: after an upstream dies (target: ≤ 1 s), for a killed process (connection
+//!   refused) and a silent host (its end of the link down: SYNs vanish).
 //!
 //! The proxy is the release `cluster-agent apiserver-proxy` binary with its default flags.
+//! `link` and `failover` need root (network namespaces, tc); without it they say so and skip.
+//!
+//! Arguments (after `--`): section names (all by default); `--link-rate R`; `--pin` to give
+//! the proxy CPU 1 of its own and keep clients and upstreams on CPU 0 (direct runs too);
+//! `--reference haproxy` to put HAProxy (splice on, one thread) where our proxy was, as a
+//! yardstick for what a user-space proxy costs on the same machine.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cluster-agent");
@@ -39,7 +48,10 @@ enum Role {
 }
 
 fn spawn_blocking_upstream(at: SocketAddr, role: Role) -> SocketAddr {
-    let listener = TcpListener::bind(at).unwrap();
+    serve_blocking(TcpListener::bind(at).unwrap(), role)
+}
+
+fn serve_blocking(listener: TcpListener, role: Role) -> SocketAddr {
     let local = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
@@ -160,7 +172,106 @@ impl Drop for Proxy {
     }
 }
 
-fn start_proxy(listen: SocketAddr, upstreams: &[SocketAddr]) -> Proxy {
+/// How the run was asked for.
+struct Options {
+    sections: Vec<String>,
+    pin: bool,
+    reference: Option<String>,
+    link_rate: String,
+}
+
+impl Options {
+    fn parse() -> Options {
+        let mut options = Options {
+            sections: Vec::new(),
+            pin: false,
+            reference: None,
+            link_rate: "10gbit".to_string(),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--pin" => options.pin = true,
+                "--reference" => options.reference = args.next(),
+                "--link-rate" => options.link_rate = args.next().unwrap_or(options.link_rate),
+                // cargo bench passes `--bench`; ignore harness flags.
+                flag if flag.starts_with("--") => {}
+                section => options.sections.push(section.to_string()),
+            }
+        }
+        options
+    }
+
+    fn runs(&self, section: &str) -> bool {
+        self.sections.is_empty() || self.sections.iter().any(|s| s == section)
+    }
+
+    /// The command that starts a process, on CPU 1 when pinned.
+    fn command(&self, program: &str) -> Command {
+        if self.pin {
+            let mut c = Command::new("taskset");
+            c.args(["--cpu-list", "1", program]);
+            c
+        } else {
+            Command::new(program)
+        }
+    }
+}
+
+/// Keeps this process (clients and upstreams, threads started from now on) on CPU 0.
+fn pin_self_to_cpu0() {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(0).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+}
+
+fn start_proxy(options: &Options, listen: SocketAddr, upstreams: &[SocketAddr]) -> Proxy {
+    match options.reference.as_deref() {
+        None => start_agent_proxy(options, listen, upstreams),
+        Some("haproxy") => start_haproxy(options, listen, upstreams),
+        Some(other) => panic!("unknown reference proxy {other:?} (known: haproxy)"),
+    }
+}
+
+fn wait_listening(listen: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(listen).is_err() {
+        assert!(Instant::now() < deadline, "proxy did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// HAProxy in TCP mode with splice both ways and a 500 ms connect timeout, like ours.
+fn start_haproxy(options: &Options, listen: SocketAddr, upstreams: &[SocketAddr]) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("haproxy.cfg");
+    let mut text = format!(
+        "global\n  maxconn 4000\n  nbthread 1\n  tune.maxpollevents 1024\n\
+         defaults\n  mode tcp\n  option splice-request\n  option splice-response\n  timeout connect 500ms\n  timeout client 1h\n  timeout server 1h\n\
+         frontend apiserver\n  bind {listen}\n  default_backend upstreams\n\
+         backend upstreams\n  balance roundrobin\n"
+    );
+    for (i, u) in upstreams.iter().enumerate() {
+        text.push_str(&format!("  server u{i} {u} check inter 1s\n"));
+    }
+    std::fs::write(&config, text).unwrap();
+    let child = options
+        .command("haproxy")
+        .args(["-db", "-q", "-f"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("haproxy is not installed (apt-get install haproxy)");
+    wait_listening(listen);
+    Proxy {
+        child,
+        listen,
+        _dir: dir,
+    }
+}
+
+fn start_agent_proxy(options: &Options, listen: SocketAddr, upstreams: &[SocketAddr]) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     let provider = dir.path().join("provider.yaml");
     let servers: Vec<String> = upstreams.iter().map(|u| u.to_string()).collect();
@@ -178,7 +289,8 @@ fn start_proxy(listen: SocketAddr, upstreams: &[SocketAddr]) -> Proxy {
         ),
     )
     .unwrap();
-    let child = Command::new(BIN)
+    let child = options
+        .command(BIN)
         .args(["apiserver-proxy", "--traefik-config"])
         .arg(&traefik)
         .args(["--kubeconfig", "/nonexistent", "--refresh-interval", "0"])
@@ -187,11 +299,7 @@ fn start_proxy(listen: SocketAddr, upstreams: &[SocketAddr]) -> Proxy {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(listen).is_err() {
-        assert!(Instant::now() < deadline, "proxy did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listening(listen);
     Proxy {
         child,
         listen,
@@ -204,42 +312,178 @@ fn start_proxy(listen: SocketAddr, upstreams: &[SocketAddr]) -> Proxy {
 
 struct Controlled {
     addr: SocketAddr,
-    stop: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Greets with `name`, then holds the connection. `silence` stops accepting but keeps the
-/// listener (backlog 1) open, so once its queue is full new SYNs are dropped.
-fn controlled(rt: &tokio::runtime::Runtime, at: SocketAddr, name: u8) -> Controlled {
+/// Greets with `name`, then holds the connection until the client closes it.
+fn controlled(rt: &tokio::runtime::Runtime, listener: TcpListener, name: u8) -> Controlled {
     let _guard = rt.enter();
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_reuseaddr(true).unwrap();
-    socket.bind(at).unwrap();
-    let listener = socket.listen(1).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     let addr = listener.local_addr().unwrap();
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let stopped = stop.clone();
     let task = rt.spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let Ok((mut s, _)) = accepted else { continue };
-                    tokio::spawn(async move {
-                        if s.write_all(&[name]).await.is_ok() {
-                            let mut b = [0u8; 64];
-                            while matches!(s.read(&mut b).await, Ok(n) if n > 0) {}
-                        }
-                    });
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                if s.write_all(&[name]).await.is_ok() {
+                    let mut b = [0u8; 64];
+                    while matches!(s.read(&mut b).await, Ok(n) if n > 0) {}
                 }
-                _ = stopped.notified() => break,
-            }
+            });
         }
-        // Silent: keep the listener, never accept again.
-        std::future::pending::<()>().await;
-        drop(listener);
     });
-    Controlled { addr, stop, task }
+    Controlled { addr, task }
+}
+
+// ---------------------------------------------------------------------------------------
+// A "remote host": a network namespace behind a veth pair, optionally rate-limited, that can
+// go silent (its end of the link down: packets to it vanish, nothing answers).
+
+struct Link {
+    netns: String,
+    host_if: String,
+    host_ip: Ipv4Addr,
+    peer_ip: Ipv4Addr,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn tc(netns: Option<&str>, args: &[&str]) -> Result<(), String> {
+    let mut c = Command::new("tc");
+    if let Some(ns) = netns {
+        c.args(["-n", ns]);
+    }
+    let out = c.args(args).output().map_err(|e| format!("tc: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "tc {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Link {
+    /// Needs root (network namespaces); `rate` is a tc rate such as "10gbit", applied both ways.
+    fn new(n: u8, rate: Option<&str>) -> Result<Link, String> {
+        let pid = std::process::id() % 100_000;
+        let link = Link {
+            netns: format!("cabench-{pid}-{n}"),
+            host_if: format!("cb{pid}h{n}"),
+            host_ip: Ipv4Addr::new(10, 251, n, 1),
+            peer_ip: Ipv4Addr::new(10, 251, n, 2),
+        };
+        let peer_if = format!("cb{pid}p{n}");
+        ip(&["netns", "add", &link.netns])?;
+        // From here on Drop cleans up whatever was made.
+        ip(&[
+            "link",
+            "add",
+            &link.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer_if,
+            "netns",
+            &link.netns,
+        ])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", link.host_ip),
+            "dev",
+            &link.host_if,
+        ])?;
+        ip(&["link", "set", &link.host_if, "up"])?;
+        let ns = ["-n", link.netns.as_str()];
+        ip(&[
+            &ns[..],
+            &[
+                "addr",
+                "add",
+                &format!("{}/30", link.peer_ip),
+                "dev",
+                &peer_if,
+            ],
+        ]
+        .concat())?;
+        ip(&[&ns[..], &["link", "set", &peer_if, "up"]].concat())?;
+        ip(&[&ns[..], &["link", "set", "lo", "up"]].concat())?;
+        if let Some(rate) = rate {
+            let tbf = [
+                "root", "tbf", "rate", rate, "burst", "512kb", "latency", "5ms",
+            ];
+            tc(
+                None,
+                &[&["qdisc", "add", "dev", &link.host_if][..], &tbf].concat(),
+            )?;
+            tc(
+                Some(&link.netns),
+                &[&["qdisc", "add", "dev", &peer_if][..], &tbf].concat(),
+            )?;
+        }
+        Ok(link)
+    }
+
+    /// A listener on the far side of the link (bound from a thread that entered the
+    /// namespace; the socket stays in it).
+    fn listen(&self) -> TcpListener {
+        let path = format!("/var/run/netns/{}", self.netns);
+        let at = SocketAddr::from((self.peer_ip, 0));
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let ns = std::fs::File::open(&path).unwrap();
+                    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                    TcpListener::bind(at).unwrap()
+                })
+                .join()
+                .unwrap()
+        })
+    }
+
+    /// The far end's interface down: SYNs to it are dropped without an answer.
+    fn go_silent(&self) {
+        let pid = std::process::id() % 100_000;
+        let n = self.host_ip.octets()[2];
+        ip(&[
+            "-n",
+            &self.netns,
+            "link",
+            "set",
+            &format!("cb{pid}p{n}"),
+            "down",
+        ])
+        .unwrap();
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth pair with it.
+        let _ = ip(&["netns", "del", &self.netns]);
+        let _ = ip(&["link", "del", &self.host_if]);
+    }
 }
 
 /// Connects through the proxy and reads the greeting; the time it took and who answered.
@@ -261,11 +505,18 @@ struct Failover {
     attempts: usize,
 }
 
-/// Runs clients through the proxy, makes upstream A die with `kill`, keeps going for 2 s.
-fn failover(rt: &tokio::runtime::Runtime, base: u8, kill: impl FnOnce(Controlled)) -> Failover {
-    let a = controlled(rt, addr(base, 0), b'A');
-    let b = controlled(rt, addr(base + 1, 0), b'B');
-    let proxy = start_proxy(addr(base + 2, 16443), &[a.addr, b.addr]);
+/// Runs clients through the proxy, makes upstream A fail with `kill`, keeps going for 2 s.
+/// A listens on `a` (behind a link when the failure needs one), B on loopback.
+fn failover(
+    options: &Options,
+    rt: &tokio::runtime::Runtime,
+    base: u8,
+    a: TcpListener,
+    kill: impl FnOnce(Controlled),
+) -> Failover {
+    let a = controlled(rt, a, b'A');
+    let b = controlled(rt, TcpListener::bind(addr(base + 1, 0)).unwrap(), b'B');
+    let proxy = start_proxy(options, addr(base + 2, 16443), &[a.addr, b.addr]);
     // Warm up: both upstreams in use.
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..20 {
@@ -295,26 +546,14 @@ fn failover(rt: &tokio::runtime::Runtime, base: u8, kill: impl FnOnce(Controlled
             _ => result.failed += 1,
         }
     }
-    drop(b.task);
+    b.task.abort();
     result
 }
 
-fn main() {
-    println!(
-        "apiserver-proxy benchmark: release binary, default flags, loopback, {} cores",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    );
-
-    // Throughput and latency.
-    let sink = spawn_blocking_upstream(addr(2, 0), Role::Sink);
-    let source = spawn_blocking_upstream(addr(3, 0), Role::Source);
-    let greeter = spawn_blocking_upstream(addr(4, 0), Role::Greeter);
-    let p_sink = start_proxy(addr(5, 16443), &[sink]);
-    let p_source = start_proxy(addr(6, 16443), &[source]);
-    let p_greeter = start_proxy(addr(7, 16443), &[greeter]);
-
+/// Upload and download, direct and through a proxy, to a sink and a source upstream.
+fn throughput_to(options: &Options, over: &str, sink: SocketAddr, source: SocketAddr, base: u8) {
+    let p_sink = start_proxy(options, addr(base, 16443), &[sink]);
+    let p_source = start_proxy(options, addr(base + 1, 16443), &[source]);
     for (what, direct, proxy, f) in [
         ("upload  ", sink, &p_sink, upload as fn(SocketAddr) -> f64),
         ("download", source, &p_source, download),
@@ -330,13 +569,41 @@ fn main() {
         let gib = (RUNS as u64 * TRANSFER) as f64 / f64::from(1u32 << 30);
         let (d, p) = (median(d), median(p));
         println!(
-            "throughput {what}  direct {d:6.0} MB/s   proxied {p:6.0} MB/s   ratio {:5.1} %   proxy CPU {:4.0} ms/GiB  (median of {RUNS} × {} MiB)",
+            "throughput {what} {over}  direct {d:6.0} MB/s   proxied {p:6.0} MB/s   ratio {:5.1} %   proxy CPU {:4.0} ms/GiB  (median of {RUNS} × {} MiB)",
             100.0 * p / d,
             cpu.as_secs_f64() * 1e3 / gib,
             TRANSFER >> 20
         );
     }
+}
 
+fn throughput(options: &Options) {
+    let sink = spawn_blocking_upstream(addr(2, 0), Role::Sink);
+    let source = spawn_blocking_upstream(addr(3, 0), Role::Source);
+    throughput_to(options, "loopback", sink, source, 5);
+}
+
+/// The upstreams on the far side of a rate-limited link, the proxy and clients on this side:
+/// what a worker sees, with the network rather than the CPU as the limit.
+fn throughput_over_link(options: &Options) {
+    let rate = options.link_rate.as_str();
+    let link = match Link::new(30, Some(rate)) {
+        Ok(link) => link,
+        Err(e) => {
+            println!(
+                "throughput over a {rate} link: skipped, needs root for a network namespace ({e})"
+            );
+            return;
+        }
+    };
+    let sink = serve_blocking(link.listen(), Role::Sink);
+    let source = serve_blocking(link.listen(), Role::Source);
+    throughput_to(options, &format!("{rate} link"), sink, source, 8);
+}
+
+fn connect_latency(options: &Options) {
+    let greeter = spawn_blocking_upstream(addr(4, 0), Role::Greeter);
+    let p_greeter = start_proxy(options, addr(7, 16443), &[greeter]);
     let mut direct: Vec<Duration> = (0..CONNECTS).map(|_| connect_first_byte(greeter)).collect();
     let mut proxied: Vec<Duration> = (0..CONNECTS)
         .map(|_| connect_first_byte(p_greeter.listen))
@@ -354,42 +621,74 @@ fn main() {
         p99.as_secs_f64() * 1e6,
         (p50.as_secs_f64() - d50.as_secs_f64()) * 1e6,
     );
-    drop((p_sink, p_source, p_greeter));
+}
 
-    // Failover.
+fn failovers(options: &Options) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    let refused = failover(&rt, 10, |a| {
+    let a = TcpListener::bind(addr(10, 0)).unwrap();
+    let refused = Ok(failover(options, &rt, 10, a, |a| {
         a.task.abort();
         let _ = rt.block_on(a.task);
-    });
-    let silent = failover(&rt, 20, |a| {
-        a.stop.notify_one();
-        // Fill the accept queue until a connect no longer completes: SYNs are now dropped.
-        let mut held = Vec::new();
-        loop {
-            match TcpStream::connect_timeout(&a.addr, Duration::from_millis(100)) {
-                Ok(s) => held.push(s),
-                Err(_) => break,
-            }
-            assert!(held.len() < 64, "accept queue never filled");
-        }
-        std::mem::forget(held);
-        std::mem::forget(a);
+    }));
+    let silent = Link::new(20, None).map(|link| {
+        failover(options, &rt, 20, link.listen(), |a| {
+            link.go_silent();
+            // The task keeps its listener: only the link is gone.
+            std::mem::forget(a);
+        })
     });
     for (what, f) in [
         ("process killed (refused)", refused),
-        ("host silent (SYN dropped)", silent),
+        ("host silent (link down)", silent),
     ] {
-        println!(
-            "failover, {what}: first success {:7.1} ms after the failure, worst client connect {:7.1} ms, failed clients {} of {}",
-            f.first_success_after.as_secs_f64() * 1e3,
-            f.worst_attempt.as_secs_f64() * 1e3,
-            f.failed,
-            f.attempts
-        );
+        match f {
+            Ok(f) => println!(
+                "failover, {what}: first success {:7.1} ms after the failure, worst client connect {:7.1} ms, failed clients {} of {}",
+                f.first_success_after.as_secs_f64() * 1e3,
+                f.worst_attempt.as_secs_f64() * 1e3,
+                f.failed,
+                f.attempts
+            ),
+            Err(e) => println!("failover, {what}: skipped, needs root for a network namespace ({e})"),
+        }
+    }
+}
+
+fn main() {
+    let options = Options::parse();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    if options.pin {
+        pin_self_to_cpu0();
+    }
+    println!(
+        "apiserver-proxy benchmark: {}, loopback, {} cores{}",
+        match options.reference.as_deref() {
+            None => "release cluster-agent, default flags",
+            Some(other) => other,
+        },
+        cores,
+        if options.pin {
+            ", proxy pinned to CPU 1, clients and upstreams to CPU 0"
+        } else {
+            ", nothing pinned"
+        }
+    );
+    if options.runs("throughput") {
+        throughput(&options);
+    }
+    if options.runs("link") {
+        throughput_over_link(&options);
+    }
+    if options.runs("connect") {
+        connect_latency(&options);
+    }
+    if options.runs("failover") {
+        failovers(&options);
     }
 }
