@@ -338,153 +338,10 @@ fn controlled(rt: &tokio::runtime::Runtime, listener: TcpListener, name: u8) -> 
     Controlled { addr, task }
 }
 
-// ---------------------------------------------------------------------------------------
-// A "remote host": a network namespace behind a veth pair, optionally rate-limited, that can
-// go silent (its end of the link down: packets to it vanish, nothing answers).
-
-struct Link {
-    netns: String,
-    host_if: String,
-    host_ip: Ipv4Addr,
-    peer_ip: Ipv4Addr,
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn tc(netns: Option<&str>, args: &[&str]) -> Result<(), String> {
-    let mut c = Command::new("tc");
-    if let Some(ns) = netns {
-        c.args(["-n", ns]);
-    }
-    let out = c.args(args).output().map_err(|e| format!("tc: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "tc {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-impl Link {
-    /// Needs root (network namespaces); `rate` is a tc rate such as "10gbit", applied both ways.
-    fn new(n: u8, rate: Option<&str>) -> Result<Link, String> {
-        let pid = std::process::id() % 100_000;
-        let link = Link {
-            netns: format!("cabench-{pid}-{n}"),
-            host_if: format!("cb{pid}h{n}"),
-            host_ip: Ipv4Addr::new(10, 251, n, 1),
-            peer_ip: Ipv4Addr::new(10, 251, n, 2),
-        };
-        let peer_if = format!("cb{pid}p{n}");
-        ip(&["netns", "add", &link.netns])?;
-        // From here on Drop cleans up whatever was made.
-        ip(&[
-            "link",
-            "add",
-            &link.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer_if,
-            "netns",
-            &link.netns,
-        ])?;
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/30", link.host_ip),
-            "dev",
-            &link.host_if,
-        ])?;
-        ip(&["link", "set", &link.host_if, "up"])?;
-        let ns = ["-n", link.netns.as_str()];
-        ip(&[
-            &ns[..],
-            &[
-                "addr",
-                "add",
-                &format!("{}/30", link.peer_ip),
-                "dev",
-                &peer_if,
-            ],
-        ]
-        .concat())?;
-        ip(&[&ns[..], &["link", "set", &peer_if, "up"]].concat())?;
-        ip(&[&ns[..], &["link", "set", "lo", "up"]].concat())?;
-        if let Some(rate) = rate {
-            let tbf = [
-                "root", "tbf", "rate", rate, "burst", "512kb", "latency", "5ms",
-            ];
-            tc(
-                None,
-                &[&["qdisc", "add", "dev", &link.host_if][..], &tbf].concat(),
-            )?;
-            tc(
-                Some(&link.netns),
-                &[&["qdisc", "add", "dev", &peer_if][..], &tbf].concat(),
-            )?;
-        }
-        Ok(link)
-    }
-
-    /// A listener on the far side of the link (bound from a thread that entered the
-    /// namespace; the socket stays in it).
-    fn listen(&self) -> TcpListener {
-        let path = format!("/var/run/netns/{}", self.netns);
-        let at = SocketAddr::from((self.peer_ip, 0));
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let ns = std::fs::File::open(&path).unwrap();
-                    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-                    TcpListener::bind(at).unwrap()
-                })
-                .join()
-                .unwrap()
-        })
-    }
-
-    /// The far end's interface down: SYNs to it are dropped without an answer.
-    fn go_silent(&self) {
-        let pid = std::process::id() % 100_000;
-        let n = self.host_ip.octets()[2];
-        ip(&[
-            "-n",
-            &self.netns,
-            "link",
-            "set",
-            &format!("cb{pid}p{n}"),
-            "down",
-        ])
-        .unwrap();
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        // Deleting the namespace deletes the veth pair with it.
-        let _ = ip(&["netns", "del", &self.netns]);
-        let _ = ip(&["link", "del", &self.host_if]);
-    }
-}
+// A "remote host" behind a veth pair, shared with the end-to-end tests.
+#[path = "../tests/common/netns.rs"]
+mod netns;
+use netns::Link;
 
 /// Connects through the proxy and reads the greeting; the time it took and who answered.
 fn attempt(proxy: SocketAddr) -> (Duration, Option<u8>) {
@@ -587,7 +444,7 @@ fn throughput(options: &Options) {
 /// what a worker sees, with the network rather than the CPU as the limit.
 fn throughput_over_link(options: &Options) {
     let rate = options.link_rate.as_str();
-    let link = match Link::new(30, Some(rate)) {
+    let link = match Link::new(Some(rate)) {
         Ok(link) => link,
         Err(e) => {
             println!(
@@ -634,9 +491,9 @@ fn failovers(options: &Options) {
         a.task.abort();
         let _ = rt.block_on(a.task);
     }));
-    let silent = Link::new(20, None).map(|link| {
+    let silent = Link::new(None).map(|link| {
         failover(options, &rt, 20, link.listen(), |a| {
-            link.go_silent();
+            link.set_silent(true);
             // The task keeps its listener: only the link is gone.
             std::mem::forget(a);
         })

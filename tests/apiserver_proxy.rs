@@ -45,7 +45,17 @@ struct EchoUpstream {
 
 impl EchoUpstream {
     fn start(rt: &Runtime, ip: IpAddr, name: &str) -> EchoUpstream {
-        let listener = rt.block_on(tokio::net::TcpListener::bind((ip, 0))).unwrap();
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        Self::start_on(rt, listener, name)
+    }
+
+    /// On a listener made elsewhere (e.g. in another network namespace).
+    fn start_on(rt: &Runtime, listener: std::net::TcpListener, name: &str) -> EchoUpstream {
+        listener.set_nonblocking(true).unwrap();
+        let listener = {
+            let _entered = rt.enter();
+            tokio::net::TcpListener::from_std(listener).unwrap()
+        };
         let addr = listener.local_addr().unwrap();
         let mut up = EchoUpstream {
             addr,
@@ -302,6 +312,55 @@ fn killed_upstream_never_fails_a_new_connection() {
         "{}",
         proxy.log()
     );
+}
+
+/// The upstream's host goes silent (its end of a veth link down: SYNs vanish, nothing is
+/// refused): every new client is still served, by the other upstream; once the link is back
+/// the probe finds the host again.
+#[test]
+fn silent_upstream_host_never_fails_a_new_connection() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root for a network namespace");
+        return;
+    }
+    let rt = runtime();
+    let link = common::netns::Link::new(None).unwrap();
+    let far = EchoUpstream::start_on(&rt, link.listen(), "far");
+    let near = EchoUpstream::start(&rt, unique_loopback().into(), "near");
+    let addrs = [far.address(), near.address()];
+    let proxy = ProxyProcess::start(&addrs, false, "0", &["--probe-interval", "200ms"]);
+    eventually("both upstreams serve clients", DEADLINE, || {
+        let served: BTreeSet<String> = (0..10).filter_map(|_| ask(proxy.listen).ok()).collect();
+        (served.len() == 2).then_some(())
+    });
+
+    link.set_silent(true);
+    for i in 0..20 {
+        let got = ask(proxy.listen).unwrap_or_else(|e| {
+            panic!(
+                "connection {i} after the host went silent failed: {e}\n{}",
+                proxy.log()
+            )
+        });
+        assert_eq!(got, "near");
+    }
+    assert_eq!(proxy.healthy(&addrs[0]), Some(false));
+    assert!(
+        proxy.log().contains("connect timed out"),
+        "the silent host should be marked down by a connect timeout\n{}",
+        proxy.log()
+    );
+
+    link.set_silent(false);
+    eventually("probe marks the host up again", DEADLINE, || {
+        proxy.healthy(&addrs[0]).filter(|h| *h)
+    });
+    eventually("the host serves clients again", DEADLINE, || {
+        (0..10)
+            .filter_map(|_| ask(proxy.listen).ok())
+            .any(|name| name == "far")
+            .then_some(())
+    });
 }
 
 #[test]

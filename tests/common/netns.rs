@@ -1,0 +1,136 @@
+//! A "remote host" on this machine: a network namespace behind a veth pair, optionally
+//! rate-limited, that can go silent (its end of the link down: packets to it vanish and
+//! nothing answers, as when a host loses power) and come back. Needs root (`ip netns`, `tc`).
+//!
+//! Shared by the end-to-end tests and the apiserver-proxy benchmark (`#[path]`), so it
+//! depends on std and nix only.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// One namespace and its veth pair; dropping it removes both.
+pub struct Link {
+    netns: String,
+    host_if: String,
+    peer_if: String,
+    /// This side's address on the link.
+    pub host_ip: Ipv4Addr,
+    /// The far side's address: listeners made by [`Link::listen`] are bound to it.
+    pub peer_ip: Ipv4Addr,
+}
+
+/// Why a link could not be made (typically: not root).
+#[derive(Debug)]
+pub struct LinkError(pub String);
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), LinkError> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| LinkError(format!("{program}: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(LinkError(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+impl Link {
+    /// A new link; `rate` (a tc rate such as "10gbit") shapes both directions.
+    /// Names and the 10.x/30 subnet come from the process id and a counter, so concurrent
+    /// test binaries do not collide.
+    pub fn new(rate: Option<&str>) -> Result<Link, LinkError> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id() % 100_000;
+        let (b, c) = ((n / 64) as u8, ((n % 64) * 4) as u8);
+        let a = 100 + (std::process::id() % 150) as u8;
+        let link = Link {
+            netns: format!("ca-test-{pid}-{n}"),
+            host_if: format!("ca{pid}h{n}"),
+            peer_if: format!("ca{pid}p{n}"),
+            host_ip: Ipv4Addr::new(10, a, b, c + 1),
+            peer_ip: Ipv4Addr::new(10, a, b, c + 2),
+        };
+        run("ip", &["netns", "add", &link.netns])?;
+        // From here on, Drop removes whatever was made.
+        let (ns, host, peer) = (
+            link.netns.as_str(),
+            link.host_if.as_str(),
+            link.peer_if.as_str(),
+        );
+        let host_cidr = format!("{}/30", link.host_ip);
+        let peer_cidr = format!("{}/30", link.peer_ip);
+        run(
+            "ip",
+            &[
+                "link", "add", host, "type", "veth", "peer", "name", peer, "netns", ns,
+            ],
+        )?;
+        run("ip", &["addr", "add", &host_cidr, "dev", host])?;
+        run("ip", &["link", "set", host, "up"])?;
+        run("ip", &["-n", ns, "addr", "add", &peer_cidr, "dev", peer])?;
+        run("ip", &["-n", ns, "link", "set", peer, "up"])?;
+        run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+        if let Some(rate) = rate {
+            let tbf = [
+                "root", "tbf", "rate", rate, "burst", "512kb", "latency", "5ms",
+            ];
+            run("tc", &[&["qdisc", "add", "dev", host][..], &tbf].concat())?;
+            run(
+                "tc",
+                &[&["-n", ns, "qdisc", "add", "dev", peer][..], &tbf].concat(),
+            )?;
+        }
+        Ok(link)
+    }
+
+    /// A listener on the far side (port chosen by the system). It is bound from a thread
+    /// that entered the namespace; the socket stays in it whichever thread uses it later.
+    pub fn listen(&self) -> TcpListener {
+        let path = format!("/var/run/netns/{}", self.netns);
+        let at = SocketAddr::from((self.peer_ip, 0));
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let ns = std::fs::File::open(&path).unwrap();
+                    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                    TcpListener::bind(at).unwrap()
+                })
+                .join()
+                .unwrap()
+        })
+    }
+
+    /// Sets the far end's interface down (`true`: SYNs to it are dropped without an answer)
+    /// or up again.
+    pub fn set_silent(&self, silent: bool) {
+        let state = if silent { "down" } else { "up" };
+        run(
+            "ip",
+            &["-n", &self.netns, "link", "set", &self.peer_if, state],
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth pair with it; the second call is for the
+        // case where the namespace was made but the pair was not moved into it.
+        let _ = run("ip", &["netns", "del", &self.netns]);
+        let _ = run("ip", &["link", "del", &self.host_if]);
+    }
+}
