@@ -6,6 +6,8 @@
 //! message, when the go-dqlite binaries are not installed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use cluster_agent::dqlite::client::connect;
 use cluster_agent::dqlite::{Client, LeaderInfo, Metadata, NodeInfo, Options, Role};
+use common::dqlite_shell::ShellNode;
 use tokio::time::Instant;
 
 const DEMO: &str = "/usr/bin/dqlite-demo";
@@ -173,16 +176,6 @@ async fn shell(servers: &[String], command: &str) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-#[derive(serde::Deserialize)]
-struct ShellNode {
-    #[serde(rename = "ID")]
-    id: u64,
-    #[serde(rename = "Address")]
-    address: String,
-    #[serde(rename = "Role")]
-    role: u64,
 }
 
 async fn shell_cluster(servers: &[String]) -> Option<Vec<NodeInfo>> {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use cluster_agent::dqlite::ffi::{self, BOOTSTRAP_ID};
 use cluster_agent::dqlite::{self, files, EmbeddedMember, MemberConfig, Role};
 use cluster_agent::pki::{self, LeafSpec};
+use common::dqlite_shell::ShellNode;
 use common::*;
 
 const SHELL: &str = "/usr/bin/dqlite";
@@ -50,16 +51,6 @@ fn shell(backend: &Path, server: &str, command: &str, secs: u32) -> Option<Strin
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-#[derive(Debug, PartialEq, Eq, serde::Deserialize)]
-struct ShellNode {
-    #[serde(rename = "ID")]
-    id: u64,
-    #[serde(rename = "Address")]
-    address: String,
-    #[serde(rename = "Role")]
-    role: u64,
 }
 
 fn shell_cluster(backend: &Path, server: &str) -> Option<Vec<ShellNode>> {

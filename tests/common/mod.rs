@@ -2,6 +2,7 @@
 //! addresses, each with its own state directory, and polling with deadlines.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod dqlite_shell;
 pub mod netns;
 
 use std::net::Ipv4Addr;
