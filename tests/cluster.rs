@@ -121,7 +121,16 @@ fn three_control_planes_and_a_worker() {
     let n2 = Node::start();
     let n3 = Node::start();
     join(&n1, &n2, &[]);
+    // n3 ships Calico: joining pins its own copy to the node it contacted (not applied).
+    let cni = n3.state.join("args/cni-network/cni.yaml");
+    std::fs::create_dir_all(cni.parent().unwrap()).unwrap();
+    let first_found = "- name: IP_AUTODETECTION_METHOD\n  value: \"first-found\"\n- name: IP6_AUTODETECTION_METHOD\n  value: \"first-found\"\n";
+    std::fs::write(&cni, first_found).unwrap();
     join(&n1, &n3, &[]);
+    assert_eq!(
+        std::fs::read_to_string(&cni).unwrap(),
+        first_found.replace("first-found", &format!("can-reach={}", n1.ip))
+    );
     let s1 = wait_live_voters(&n1, 3, "three voters");
     let expected: Vec<(String, String, bool)> = {
         let mut v: Vec<_> = [&n1, &n2, &n3]

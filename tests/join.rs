@@ -4,7 +4,9 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Duration;
 
 use common::*;
 
@@ -214,6 +216,77 @@ fn failed_joins_leave_the_joiner_as_it_was() {
     // The original token still works.
     let out = cli(&worker, &["join", &url, "--worker"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// The manifest as MicroK8s ships it (the two autodetection entries of calico-node).
+const CNI_YAML: &str = "\
+            - name: IP_AUTODETECTION_METHOD
+              value: \"first-found\"
+            - name: IP6_AUTODETECTION_METHOD
+              value: \"first-found\"
+";
+
+/// MicroK8s's step 10 of a v2 join: the granting node pins Calico's IPv4 autodetection to the
+/// joining node and applies the manifest (here a stand-in `kubectl` on the daemon's PATH that
+/// records its arguments); a refused join changes nothing.
+#[test]
+fn a_granted_join_pins_calico_to_the_joining_node_and_applies_it() {
+    let tools = tempfile::tempdir().unwrap();
+    let calls = tools.path().join("kubectl.calls");
+    let kubectl = tools.path().join("kubectl");
+    std::fs::write(
+        &kubectl,
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&kubectl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        tools.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let cp = Node::start_with_env(&[], &[("PATH", &path)]);
+    let manifest = cp.state.join("args/cni-network/cni.yaml");
+    std::fs::create_dir_all(manifest.parent().unwrap()).unwrap();
+    std::fs::write(&manifest, CNI_YAML).unwrap();
+
+    // A refused join (an unknown token) leaves the manifest alone.
+    let worker = Node::start();
+    let url = legacy_url(&cp);
+    let (addr, _) = url.split_once('/').unwrap();
+    let bad = format!("{addr}/{}", "x".repeat(32));
+    let out = cli(&worker, &["join", &bad, "--worker", "--skip-verify"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(std::fs::read_to_string(&manifest).unwrap(), CNI_YAML);
+
+    let out = cli(&worker, &["join", &url, "--worker"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pinned = std::fs::read_to_string(&manifest).unwrap();
+    assert_eq!(
+        pinned,
+        CNI_YAML.replacen(
+            "\"first-found\"",
+            &format!("\"can-reach={}\"", worker.ip),
+            1
+        )
+    );
+    assert_eq!(
+        std::fs::metadata(&manifest).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
+    let applied = eventually("the manifest is applied", Duration::from_secs(20), || {
+        std::fs::read_to_string(&calls)
+            .ok()
+            .filter(|c| !c.is_empty())
+    });
+    assert_eq!(
+        applied.trim(),
+        format!(
+            "--kubeconfig {} apply -f {}",
+            cp.state.join("credentials/client.config").display(),
+            manifest.display()
+        )
+    );
 }
 
 /// The network steps (join, both certificate signatures) all happen before any local write,

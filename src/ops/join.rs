@@ -230,7 +230,8 @@ pub async fn join_v2(
 
     let node2 = node.clone();
     let token = req.token.clone();
-    blocking(move || {
+    let joining = origin.remote_ip;
+    let granted = blocking(move || {
         let node = node2;
         let state = &node.state;
         let layout = state.layout();
@@ -310,7 +311,10 @@ pub async fn join_v2(
         }
         Ok(resp)
     })
-    .await
+    .await?;
+    // 10. (after the grant here, so a refused join changes nothing) Calico's autodetection.
+    super::calico::pin_for_joining_node(node, joining).await;
+    Ok(granted)
 }
 
 /// How long a first join waits for k8s-dqlite to come back on its new address.

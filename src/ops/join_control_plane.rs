@@ -100,6 +100,10 @@ pub async fn join(
         ));
     }
     let _ = std::fs::remove_dir_all(&aside);
+    // The joined node's Calico reaches the cluster over the interface it contacted.
+    if let Err(e) = super::calico::pin_own_copy(node, contacted.ip()) {
+        messages.push(format!("WARNING: failed to update cni configuration: {e}"));
+    }
     if let Err(e) = node.services.restart("kubelite") {
         messages.push(format!("WARNING: could not restart kubelite: {e}"));
     }

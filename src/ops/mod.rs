@@ -6,6 +6,7 @@
 //! consumed only once every check has passed; no secret is ever logged.
 
 pub mod add_node;
+pub mod calico;
 pub mod callbacks;
 pub mod decode;
 pub mod join;

@@ -55,6 +55,8 @@ pub struct Node {
     _dir: Option<tempfile::TempDir>,
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// Extra environment for the daemon process (e.g. a PATH with stand-in tools).
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -64,8 +66,13 @@ impl Node {
     }
 
     pub fn start_with(extra: &[&str]) -> Node {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// Like [`Node::start_with`], with extra environment variables for the daemon.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        let mut node = Self::start_at_with(unique_loopback(), dir, extra);
+        let mut node = Self::launch(unique_loopback(), dir, extra, env);
         node.wait_healthy();
         node
     }
@@ -76,6 +83,10 @@ impl Node {
     }
 
     pub fn start_at_with(ip: Ipv4Addr, dir: tempfile::TempDir, extra: &[&str]) -> Node {
+        Self::launch(ip, dir, extra, &[])
+    }
+
+    fn launch(ip: Ipv4Addr, dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Node {
         let state = dir.path().to_path_buf();
         let mut node = Node {
             ip,
@@ -84,6 +95,10 @@ impl Node {
             _dir: Some(dir),
             child: None,
             log: PathBuf::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         node.spawn(extra);
         node
@@ -105,6 +120,7 @@ impl Node {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = agent(&args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
