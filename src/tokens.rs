@@ -25,6 +25,7 @@ pub const PERSISTENT_TOKENS: &str = "persistent-cluster-tokens.txt";
 pub const CERT_REQUEST_TOKENS: &str = "certs-request-tokens.txt";
 pub const CALLBACK_TOKEN: &str = "callback-token.txt";
 pub const CALLBACK_TOKENS: &str = "callback-tokens.txt";
+pub const KNOWN_TOKENS: &str = "known_tokens.csv";
 
 /// Shortest token `add-node --token` accepts (MicroK8s's rule).
 pub const MIN_TOKEN_LEN: usize = 32;
@@ -122,6 +123,16 @@ pub fn remove_and_prune(text: &str, token: Option<&str>, now: i64) -> String {
 }
 
 /// Checks a token someone wants to store.
+/// `known_tokens.csv` lookup (kube-apiserver's static token file, `<token>,<user>,<uid>[,"<groups>"]`):
+/// the token of the first line whose user field is `user`, as MicroK8s's `GetKnownToken`.
+pub fn known_token_of(text: &str, user: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let mut parts = line.trim().splitn(3, ',');
+        let token = parts.next()?;
+        (parts.next()? == user && !token.trim().is_empty()).then(|| token.to_string())
+    })
+}
+
 pub fn check_new_token(token: &str) -> Result<(), TokenError> {
     if token.len() < MIN_TOKEN_LEN {
         return Err(TokenError::TooShort);
@@ -328,6 +339,34 @@ impl TokenStore {
         Ok(())
     }
 
+    /// The static API token of `user` in `known_tokens.csv`, if any.
+    pub fn known_token(&self, user: &str) -> Result<Option<String>, TokenError> {
+        let _g = self.guard()?;
+        Ok(known_token_of(&self.read(KNOWN_TOKENS)?, user))
+    }
+
+    /// The kubelet token of `host` (`system:node:<host>`), appended as MicroK8s does
+    /// (`<32 alphanumerics>,system:node:<host>,kubelet-<8 digits>,"system:nodes"`) if missing.
+    /// The API server reads the file only when restarted; the caller restarts it.
+    pub fn kubelet_token(&self, host: &str) -> Result<String, TokenError> {
+        let _g = self.guard()?;
+        let user = format!("system:node:{host}");
+        let mut text = self.read(KNOWN_TOKENS)?;
+        if let Some(token) = known_token_of(&text, &user) {
+            return Ok(token);
+        }
+        let token = crate::secret::random_alnum(32);
+        let uid: u32 = rand::Rng::gen_range(&mut rand::rngs::OsRng, 0..100_000_000);
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "{token},{user},kubelet-{uid:08},\"system:nodes\"\n"
+        ));
+        self.write(KNOWN_TOKENS, &text)?;
+        Ok(token)
+    }
+
     /// Records the callback token of a node that joined through v1 (`host:port token`).
     pub fn add_peer_callback_token(&self, endpoint: &str, token: &str) -> Result<(), TokenError> {
         let _g = self.guard()?;
@@ -380,6 +419,44 @@ mod tests {
             lookup(text, "token-not-expired", 1300),
             None,
             "expiry is strict"
+        );
+    }
+
+    #[test]
+    fn known_tokens_lookup_and_kubelet_token_creation() {
+        let text = "admin-token,admin,admin,\"system:masters\"\ntoken1,system:kube-proxy,kube-proxy\ntoken2,system:node:existing-host,kubelet-0123,\"system:nodes\"\n";
+        assert_eq!(
+            known_token_of(text, "admin").as_deref(),
+            Some("admin-token")
+        );
+        assert_eq!(
+            known_token_of(text, "system:kube-proxy").as_deref(),
+            Some("token1")
+        );
+        assert_eq!(known_token_of(text, "nobody"), None);
+        assert_eq!(known_token_of(" ,admin,admin\n", "admin"), None);
+
+        let (_d, s, _) = store();
+        s.write(KNOWN_TOKENS, text.trim_end()).unwrap();
+        assert_eq!(s.kubelet_token("existing-host").unwrap(), "token2");
+        let new = s.kubelet_token("10.10.10.10").unwrap();
+        assert_eq!(new.len(), 32);
+        assert_eq!(s.kubelet_token("10.10.10.10").unwrap(), new);
+        let after = s.read(KNOWN_TOKENS).unwrap();
+        assert!(after.starts_with(text), "existing lines kept: {after}");
+        let added = after.lines().last().unwrap();
+        let fields: Vec<&str> = added.split(',').collect();
+        assert_eq!(fields[0], new);
+        assert_eq!(fields[1], "system:node:10.10.10.10");
+        assert!(fields[2].starts_with("kubelet-") && fields[2].len() == 16);
+        assert_eq!(fields[3], "\"system:nodes\"");
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(s.path(KNOWN_TOKENS))
+                    .unwrap()
+                    .permissions()
+            ) & 0o777,
+            0o600
         );
     }
 

@@ -361,6 +361,70 @@ fn v1_join_refuses_on_ha_clusters() {
     assert_eq!(status, 200);
 }
 
+/// v1 join from a node that cannot do x509 (MicroK8s's `Success/TokenAuth`): static tokens
+/// from `known_tokens.csv`, a new kubelet token for the joiner, the API server restarted;
+/// without a token file such a joiner is refused and nothing changes.
+#[test]
+fn v1_join_token_auth_mode() {
+    let api = Api::start();
+    std::fs::remove_file(api.node.state.join("var/lock/ha-cluster")).unwrap();
+    let token = api.add_node(&[]);
+    let from = unique_loopback();
+    let body = json!({"token": token, "hostname": "joiner", "port": "25000", "callback": "cb-token", "can_handle_x509_auth": false});
+
+    // No --token-auth-file: refused before anything is written or consumed.
+    let before = snapshot(&api.node.state);
+    let (status, resp) = api.post_json(from, "/cluster/api/v1.0/join", &body);
+    assert_eq!(status, 500);
+    assert_eq!(resp["error"], "Joining this MicroK8s cluster requires x509 authentication. update MicroK8s to version 1.28 or newer and retry the join operation");
+    assert_eq!(before, snapshot(&api.node.state));
+
+    let args = api.file("args/kube-apiserver");
+    api.write(
+        "args/kube-apiserver",
+        &format!("{args}--token-auth-file=${{SNAP_DATA}}/credentials/known_tokens.csv\n"),
+    );
+    // A token file without kube-proxy's token: refused, token kept.
+    api.write(
+        "credentials/known_tokens.csv",
+        "admin-token,admin,admin,\"system:masters\"\n",
+    );
+    let (status, resp) = api.post_json(from, "/cluster/api/v1.0/join", &body);
+    assert_eq!(status, 500);
+    assert!(resp["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("Failed to retrieve kube-proxy token"));
+
+    api.write(
+        "credentials/known_tokens.csv",
+        "admin-token,admin,admin,\"system:masters\"\nkube-proxy-token,system:kube-proxy,kube-proxy\n",
+    );
+    let (status, resp) = api.post_json(from, "/cluster/api/v1.0/join", &body);
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["api_authn_mode"], "Token");
+    assert_eq!(resp["kubeproxy"], "kube-proxy-token");
+    let kubelet = resp["kubelet"].as_str().unwrap();
+    assert_eq!(kubelet.len(), 32);
+    let known = api.file("credentials/known_tokens.csv");
+    let line = known.lines().last().unwrap();
+    assert!(
+        line.starts_with(&format!("{kubelet},system:node:{from},kubelet-")),
+        "{known}"
+    );
+    assert!(line.ends_with(",\"system:nodes\""), "{known}");
+    // Only the join token itself becomes a certificate-request token.
+    let requests = api.file("credentials/certs-request-tokens.txt");
+    assert_eq!(requests.lines().collect::<Vec<_>>(), vec![token.as_str()]);
+    // The API server is restarted to read the new token (service manager `none`: logged).
+    let log = api.node.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("not touching services") && l.contains("apiserver")),
+        "{log}"
+    );
+}
+
 #[test]
 fn ttl_single_use_and_persistent_tokens() {
     let api = Api::start();

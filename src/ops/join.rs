@@ -276,7 +276,7 @@ pub async fn join_v2(
         resp.ca_key = Some(state.read_string(&layout.ca_key())?);
         resp.service_account_key = state.read_string(&layout.serviceaccount_key())?;
         if !token_auth_file.is_empty() {
-            resp.admin_token = known_token(state, "admin").ok_or_else(|| {
+            resp.admin_token = node.tokens.known_token("admin")?.ok_or_else(|| {
                 OpError::Refused("Failed to retrieve token for admin user: no admin token".into())
             })?;
         }
@@ -403,18 +403,6 @@ fn control_plane_ips(members: &[crate::datastore::Member], node: &Node) -> Vec<S
     out
 }
 
-/// `known_tokens.csv` lookup: first line whose user field is `user`.
-fn known_token(state: &StateDir, user: &str) -> Option<String> {
-    let text = state
-        .read_optional(&state.layout().credential("known_tokens.csv"))
-        .ok()??;
-    text.lines().find_map(|line| {
-        let mut parts = line.trim().splitn(3, ',');
-        let token = parts.next()?;
-        (parts.next()? == user && !token.is_empty()).then(|| token.to_string())
-    })
-}
-
 /// The legacy v1 join (non-HA clusters). Our nodes are always dqlite (HA) clusters, so this
 /// answers MicroK8s's "this is an HA cluster" refusal unless `ha-cluster` was removed.
 pub async fn join_v1(
@@ -429,9 +417,20 @@ pub async fn join_v1(
     if state.has_marker("ha-cluster") {
         return Err(OpError::Refused("Failed to join the cluster. This is an HA MicroK8s cluster.\nPlease retry after enabling HA on this joining node with 'microk8s enable ha-cluster'".into()));
     }
-    if !req.can_handle_x509_auth {
+    // Cert mode for x509-capable joiners; Token mode (static tokens from known_tokens.csv)
+    // for older ones when the API server has a token file; otherwise refused.
+    let kube_proxy_token = if req.can_handle_x509_auth {
+        None
+    } else if !arg(state, "kube-apiserver", "--token-auth-file")?.is_empty() {
+        Some(node.tokens.known_token("system:kube-proxy")?.ok_or_else(|| {
+            OpError::Refused(
+                "Failed to retrieve kube-proxy token: no token for system:kube-proxy in known_tokens.csv"
+                    .into(),
+            )
+        })?)
+    } else {
         return Err(OpError::Refused("Joining this MicroK8s cluster requires x509 authentication. update MicroK8s to version 1.28 or newer and retry the join operation".into()));
-    }
+    };
     let host = remote_host(&req.hostname, origin.remote_ip).await;
     let node = node.clone();
     blocking(move || {
@@ -446,10 +445,23 @@ pub async fn join_v1(
         node.tokens
             .add_peer_callback_token(&endpoint, &req.callback)?;
         let ca = state.read_string(&state.layout().ca_crt())?;
-        node.tokens
-            .add_cert_request_token(&format!("{token}-proxy"))?;
-        node.tokens
-            .add_cert_request_token(&format!("{token}-kubelet"))?;
+        let (api_authn_mode, kubeproxy, kubelet) = match kube_proxy_token {
+            None => {
+                node.tokens
+                    .add_cert_request_token(&format!("{token}-proxy"))?;
+                node.tokens
+                    .add_cert_request_token(&format!("{token}-kubelet"))?;
+                ("Cert", token.clone(), token)
+            }
+            Some(kube_proxy) => {
+                let kubelet = node.tokens.kubelet_token(&host)?;
+                // The API server reads its token file only at start.
+                node.services.restart("apiserver").map_err(|e| {
+                    OpError::Refused(format!("Failed to restart apiserver service: {e}"))
+                })?;
+                ("Token", kube_proxy, kubelet)
+            }
+        };
         let mut kubelet_args = state
             .read_optional(&state.layout().args("kubelet"))?
             .unwrap_or_default();
@@ -460,10 +472,10 @@ pub async fn join_v1(
         Ok(JoinResponseV1 {
             ca,
             etcd: arg(state, "etcd", "--listen-client-urls")?,
-            api_authn_mode: "Cert".into(),
+            api_authn_mode: api_authn_mode.into(),
             apiport: arg(state, "kube-apiserver", "--secure-port")?,
-            kubeproxy: token.clone(),
-            kubelet: token,
+            kubeproxy,
+            kubelet,
             kubelet_args,
             hostname_override: host,
             cluster_cidr: arg(state, "kube-proxy", "--cluster-cidr")?,
