@@ -13,6 +13,7 @@ use super::{exit, Failure};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
+    #[value(alias = "text")]
     Pretty,
     Short,
     Token,

@@ -11,6 +11,7 @@ use crate::state::{resolve_state_dir, Environment, StateDir};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
+    #[value(alias = "text")]
     Pretty,
     Yaml,
     Json,
@@ -147,6 +148,22 @@ pub fn run(args: StatusArgs, state_dir: Option<PathBuf>, env: Environment) -> an
 mod tests {
     use super::*;
     use crate::ops::status::MemberStatus;
+
+    #[test]
+    fn text_is_another_name_for_pretty() {
+        use clap::Parser;
+        for command in ["status", "add-node"] {
+            let cli =
+                crate::cli::Cli::try_parse_from(["cluster-agent", command, "--format", "text"])
+                    .unwrap();
+            let format = match cli.command {
+                crate::cli::Command::Status(args) => format!("{:?}", args.format),
+                crate::cli::Command::AddNode(args) => format!("{:?}", args.format),
+                _ => unreachable!(),
+            };
+            assert_eq!(format, "Pretty");
+        }
+    }
 
     fn member(addr: &str, role: &str, reachable: bool) -> MemberStatus {
         MemberStatus {
