@@ -28,6 +28,7 @@ pub struct MemberTemplate {
     pub bind: SocketAddr,
     pub bind_explicit: bool,
     pub failure_domain: u64,
+    pub network_latency: std::time::Duration,
 }
 
 pub struct Membership {
@@ -134,6 +135,7 @@ impl Membership {
             cert_pem: self.state.read_string(&layout.backend("cluster.crt"))?,
             key_pem: self.state.read_string(&layout.backend("cluster.key"))?,
             failure_domain: self.template.failure_domain,
+            network_latency: self.template.network_latency,
             join,
         };
         let member = EmbeddedMember::start(config).await?;

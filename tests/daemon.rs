@@ -110,6 +110,43 @@ fn bad_flags_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
     let out = run_cli(&["daemon", "--no-such-flag"], &[]);
     assert_eq!(out.status.code(), Some(2));
+    for latency in ["0s", "11s", "fast"] {
+        let out = run_cli(&["daemon", "--dqlite-network-latency", latency], &[]);
+        assert_eq!(out.status.code(), Some(2), "{latency}");
+        assert!(
+            text(&out.stderr).contains("--dqlite-network-latency"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+/// A WAN member's raft timing: the latency reaches the member, which serves as usual.
+#[test]
+fn dqlite_network_latency_is_configurable() {
+    let node = Node::start_with(&["--dqlite-network-latency", "400ms"]);
+    assert!(
+        node.log_text().contains("dqlite_network_latency=400ms"),
+        "{}",
+        node.log_text()
+    );
+    let out = run_cli(
+        &[
+            "--state-dir",
+            node.state.to_str().unwrap(),
+            "status",
+            "--format",
+            "json",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["members"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
 }
 
 #[test]

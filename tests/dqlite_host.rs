@@ -209,6 +209,7 @@ fn member_config(
         cert_pem: pair.cert_pem.clone(),
         key_pem: pair.key_pem.clone(),
         failure_domain,
+        network_latency: dqlite::host::DEFAULT_NETWORK_LATENCY,
         join,
     }
 }
@@ -305,6 +306,7 @@ fn member_process() {
         cert_pem: std::fs::read_to_string(dir.join("cluster.crt")).unwrap(),
         key_pem: std::fs::read_to_string(dir.join("cluster.key")).unwrap(),
         failure_domain: 1,
+        network_latency: dqlite::host::DEFAULT_NETWORK_LATENCY,
         join,
         backend_dir: dir,
     };

@@ -62,6 +62,12 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub failure_domain: Option<u64>,
 
+    /// Expected one-way network latency between dqlite members (Go duration, 1ms–10s). Raft's
+    /// heartbeat is 1.5 × and its election timeout 15 × this: raise it for members across a
+    /// WAN, where the default would cause needless elections.
+    #[arg(long, default_value = "150ms", value_parser = parse_network_latency)]
+    pub dqlite_network_latency: Duration,
+
     /// Failed token attempts from one address before it gets HTTP 429.
     #[arg(long, default_value_t = 10)]
     pub auth_failure_limit: usize,
@@ -137,6 +143,7 @@ impl DaemonArgs {
             }),
             failure_domain: self.failure_domain,
             dqlite_bind: self.dqlite_bind,
+            dqlite_network_latency: self.dqlite_network_latency,
             auth_failure_limit: self.auth_failure_limit,
             auth_failure_window: self.auth_failure_window,
             capi_token_file: self.capi_token_file.clone(),
@@ -152,6 +159,16 @@ impl DaemonArgs {
             manage_roles: self.manage_roles,
         }
     }
+}
+
+/// `--dqlite-network-latency`: a Go duration within 1 ms and 10 s (beyond that raft would
+/// take minutes to notice a dead leader).
+fn parse_network_latency(input: &str) -> Result<Duration, String> {
+    let latency = crate::goduration::parse_arg(input)?;
+    if latency < Duration::from_millis(1) || latency > Duration::from_secs(10) {
+        return Err(format!("{input} is outside 1ms..10s"));
+    }
+    Ok(latency)
 }
 
 pub fn run(args: DaemonArgs, state_dir: Option<PathBuf>, env: Environment) -> anyhow::Result<()> {

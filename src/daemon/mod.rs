@@ -53,6 +53,8 @@ pub struct DaemonConfig {
     pub datastore: DatastoreMode,
     pub failure_domain: Option<u64>,
     pub dqlite_bind: Option<SocketAddr>,
+    /// Expected one-way latency between dqlite members (raft timeouts scale with it).
+    pub dqlite_network_latency: Duration,
     /// Failed token attempts per source before HTTP 429 …
     pub auth_failure_limit: usize,
     /// … within this window.
@@ -168,6 +170,7 @@ impl Daemon {
                     }),
                     bind_explicit: config.dqlite_bind.is_some(),
                     failure_domain,
+                    network_latency: config.dqlite_network_latency,
                 };
                 let membership = crate::membership::Membership::new(state.clone(), template);
                 membership
@@ -232,6 +235,7 @@ impl Daemon {
             state_dir = %config.state_dir.display(),
             failure_domain,
             datastore = ?config.datastore,
+            dqlite_network_latency = ?config.dqlite_network_latency,
             "starting cluster agent on https://{}",
             config.bind
         );
@@ -339,6 +343,7 @@ fn prepare_member(
         cert_pem: state.read_string(&layout.backend("cluster.crt"))?,
         key_pem: state.read_string(&layout.backend("cluster.key"))?,
         failure_domain,
+        network_latency: config.dqlite_network_latency,
         join: None,
     };
     Ok(crate::dqlite::EmbeddedMember::prepare(member)?)

@@ -78,10 +78,10 @@ pub enum HostError {
     Task(String),
 }
 
-/// Expected one-way latency between members. It sets raft's heartbeat (1.5 ×) and election
-/// timeout (15 ×, here 2.25 s instead of libdqlite's 3 s default), so a dead leader is
-/// replaced sooner; fine for LANs, raise it for members across a WAN.
-pub const NETWORK_LATENCY_MS: u32 = 150;
+/// Default expected one-way latency between members. It sets raft's heartbeat (1.5 ×) and
+/// election timeout (15 ×, here 2.25 s instead of libdqlite's 3 s default), so a dead leader
+/// is replaced sooner; fine for LANs. `--dqlite-network-latency` raises it for a WAN.
+pub const DEFAULT_NETWORK_LATENCY: std::time::Duration = std::time::Duration::from_millis(150);
 
 /// How to start the member.
 #[derive(Debug, Clone)]
@@ -96,6 +96,8 @@ pub struct MemberConfig {
     pub cert_pem: String,
     pub key_pem: String,
     pub failure_domain: u64,
+    /// Expected one-way latency between members (raft heartbeat and election timeouts).
+    pub network_latency: std::time::Duration,
     /// `Some(seeds)`: start a fresh member that an existing cluster's leader will ADD (no
     /// bootstrap of its own); `seeds` (existing members' addresses) seed `cluster.yaml`.
     pub join: Option<Vec<String>>,
@@ -253,6 +255,7 @@ impl EmbeddedMember {
             client_tls: tls::client_config(&config.cert_pem, &config.key_pem)?,
             backend,
             failure_domain: config.failure_domain,
+            network_latency: config.network_latency,
         })
     }
 }
@@ -266,6 +269,7 @@ pub struct PreparedMember {
     client_tls: ClientTls,
     backend: PathBuf,
     failure_domain: u64,
+    network_latency: std::time::Duration,
 }
 
 impl std::fmt::Debug for PreparedMember {
@@ -289,8 +293,12 @@ impl PreparedMember {
             client_tls,
             backend,
             failure_domain,
+            network_latency,
         } = self;
         ffi::ignore_sigpipe();
+        let latency_ms = u32::try_from(network_latency.as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1);
         let (id, address, seed) = match identity {
             Identity::Existing { id, address } => {
                 let seed = vec![own_entry(id, &address)];
@@ -343,7 +351,7 @@ impl PreparedMember {
                 node.set_bind_address(&local)?;
                 node.set_connect(dialer)?;
                 node.set_failure_domain(failure_domain)?;
-                node.set_network_latency_ms(NETWORK_LATENCY_MS)?;
+                node.set_network_latency_ms(latency_ms)?;
                 node.start()?;
                 Ok(node)
             })
