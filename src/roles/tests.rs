@@ -189,7 +189,14 @@ fn leader_of(members: &[MemberView]) -> Option<u64> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(3000))]
+    // About a quarter of the generated clusters fail a `prop_assume!` (no quorum, fewer than
+    // three domains); the default limit of 1024 rejects is then too close to the expected
+    // count and fails runs at random.
+    #![proptest_config(ProptestConfig {
+        cases: 3000,
+        max_global_rejects: 50_000,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn never_loses_quorum_or_live_voters(members in arb_members(), voters in 1usize..6, standbys in 0usize..4) {
