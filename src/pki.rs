@@ -232,13 +232,21 @@ pub fn hex(bytes: &[u8]) -> String {
 impl Authority {
     /// Signs a PEM CSR (its self-signature is verified), keeping its subject and SANs, for
     /// client and server use. The caller decides whether the subject is acceptable.
-    pub fn sign_csr(&self, csr_pem: &str) -> Result<String, PkiError> {
+    /// Signs a CSR (its key and SANs) for the subject `CN=common_name[, O=organization]`,
+    /// whatever subject the request itself carries: the caller has checked these values.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        common_name: &str,
+        organization: Option<&str>,
+    ) -> Result<String, PkiError> {
         let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
             PkiError::BadPem {
                 what: "certificate signing request".into(),
                 reason: e.to_string(),
             }
         })?;
+        csr.params.distinguished_name = dn(common_name, organization);
         csr.params.is_ca = IsCa::ExplicitNoCa;
         csr.params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -304,7 +312,9 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let pem = ca.sign_csr(&csr).unwrap();
+        let pem = ca
+            .sign_csr(&csr, "system:node:w1", Some("system:nodes"))
+            .unwrap();
         let der = first_cert_der(&pem, "leaf").unwrap();
         let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
         assert!(x.subject().to_string().contains("system:node:w1"));

@@ -4,7 +4,9 @@
 //! included). We sign only the identity the one-time token was issued for:
 //! `<join>-kubelet` → `CN=system:node:<name>, O=system:nodes`; `<join>-proxy` →
 //! `CN=system:kube-proxy`; a bare `<join>` token (v1 joins) → a non-`system:` CN without
-//! organisation. The token is consumed only when the CSR is acceptable.
+//! organisation. The subject may hold nothing but readable CN and O values, and the
+//! certificate's subject is built from the checked values, never copied from the request.
+//! The token is consumed only when the CSR is acceptable.
 
 use serde::{Deserialize, Serialize};
 
@@ -97,18 +99,31 @@ pub fn csr_subject(pem: &str) -> Result<Subject, String> {
     let (_, csr) =
         x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
             .map_err(|e| format!("the certificate signing request cannot be parsed: {e}"))?;
-    let subject = &csr.certification_request_info.subject;
-    let text = |a: &x509_parser::x509::AttributeTypeAndValue| a.as_str().map(str::to_string);
-    Ok(Subject {
-        common_names: subject
-            .iter_common_name()
-            .filter_map(|a| text(a).ok())
-            .collect(),
-        organizations: subject
-            .iter_organization()
-            .filter_map(|a| text(a).ok())
-            .collect(),
-    })
+    // Every attribute must be a CN or an O in a string type we can read: anything else
+    // (another attribute, or a value in a type skipped here, e.g. a BMPString O) could carry
+    // an identity the policy never saw. The certificate's subject is then built from the
+    // checked values alone (`Authority::sign_csr`), never copied from the request.
+    let mut checked = Subject {
+        common_names: Vec::new(),
+        organizations: Vec::new(),
+    };
+    for attribute in csr.certification_request_info.subject.iter_attributes() {
+        let oid = attribute.attr_type();
+        let into = if *oid == x509_parser::oid_registry::OID_X509_COMMON_NAME {
+            &mut checked.common_names
+        } else if *oid == x509_parser::oid_registry::OID_X509_ORGANIZATION_NAME {
+            &mut checked.organizations
+        } else {
+            return Err(format!(
+                "the certificate request subject may carry only CN and O, not {oid}"
+            ));
+        };
+        let value = attribute.as_str().map_err(|_| {
+            format!("the certificate request subject has a {oid} value that is not a plain string")
+        })?;
+        into.push(value.to_string());
+    }
+    Ok(checked)
 }
 
 pub async fn sign_cert(node: &Node, req: SignCertRequest) -> Result<SignCertResponse, OpError> {
@@ -124,8 +139,10 @@ pub async fn sign_cert(node: &Node, req: SignCertRequest) -> Result<SignCertResp
         let key_pem = node.state.read_string(&layout.ca_key())?;
         let ca = crate::pki::Authority::load(&ca_pem, &key_pem)
             .map_err(|e| OpError::Internal(e.to_string()))?;
+        let common_name = subject.common_names.first().map_or("", String::as_str);
+        let organization = subject.organizations.first().map(String::as_str);
         let certificate = ca
-            .sign_csr(&req.request)
+            .sign_csr(&req.request, common_name, organization)
             .map_err(|e| OpError::BadRequest(format!("Failed to sign certificate: {e}")))?;
         if !node.tokens.consume_cert_request_token(&req.token)? {
             return Err(OpError::InvalidToken);
@@ -173,6 +190,69 @@ mod tests {
         assert_eq!(allowed_for("abc-kubelet"), Allowed::Kubelet);
         assert_eq!(allowed_for("abc-proxy"), Allowed::KubeProxy);
         assert_eq!(allowed_for("abc"), Allowed::Other);
+    }
+
+    fn csr_with(attributes: Vec<(rcgen::DnType, rcgen::DnValue)>) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        let mut dn = rcgen::DistinguishedName::new();
+        for (kind, value) in attributes {
+            dn.push(kind, value);
+        }
+        params.distinguished_name = dn;
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    /// An organisation in a string type the policy cannot read must not slip through into
+    /// the signed certificate (a kube-proxy token turned into `system:masters`).
+    #[test]
+    fn unreadable_or_unexpected_subject_attributes_are_refused() {
+        use rcgen::{BmpString, DnType, DnValue};
+        let sneaky = csr_with(vec![
+            (
+                DnType::CommonName,
+                DnValue::Utf8String("system:kube-proxy".into()),
+            ),
+            (
+                DnType::OrganizationName,
+                DnValue::BmpString(BmpString::try_from("system:masters").unwrap()),
+            ),
+        ]);
+        assert!(csr_subject(&sneaky).is_err());
+        let extra = csr_with(vec![
+            (
+                DnType::CommonName,
+                DnValue::Utf8String("system:kube-proxy".into()),
+            ),
+            (
+                DnType::OrganizationalUnitName,
+                DnValue::Utf8String("system:masters".into()),
+            ),
+        ]);
+        assert!(csr_subject(&extra).is_err());
+        let plain = csr_with(vec![(
+            DnType::CommonName,
+            DnValue::PrintableString("system:kube-proxy".try_into().unwrap()),
+        )]);
+        assert_eq!(
+            csr_subject(&plain).unwrap(),
+            subject(&["system:kube-proxy"], &[])
+        );
+    }
+
+    /// Whatever the request says, the certificate carries only the checked subject.
+    #[test]
+    fn the_signed_subject_is_the_checked_one() {
+        use rcgen::{DnType, DnValue};
+        let ca = crate::pki::Authority::generate("ca").unwrap();
+        let csr = csr_with(vec![
+            (DnType::CommonName, DnValue::Utf8String("w1".into())),
+            (DnType::OrganizationName, DnValue::Utf8String("x".into())),
+        ]);
+        let pem = ca.sign_csr(&csr, "system:node:w1", None).unwrap();
+        let der = crate::pki::first_cert_der(&pem, "leaf").unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert_eq!(cert.subject().to_string(), "CN=system:node:w1");
     }
 
     #[test]
