@@ -311,8 +311,14 @@ impl TokenStore {
         if token.is_empty() {
             return Ok(false);
         }
-        let own = self.self_callback_token()?;
-        Ok(secret_eq(&own, token))
+        // Read-only: a rejected request must not create the file.
+        let _g = self.guard()?;
+        let existing = self.read(CALLBACK_TOKEN)?;
+        Ok(existing
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .is_some_and(|own| secret_eq(own, token)))
     }
 
     /// Drops the `callback-tokens.txt` lines of hosts for which `is_gone(host)` holds.
@@ -543,6 +549,9 @@ mod tests {
     #[test]
     fn callback_token_is_created_once_and_stable() {
         let (dir, s, _) = store();
+        // Checking never creates the file.
+        assert!(!s.check_callback_token("anything").unwrap());
+        assert!(!dir.path().join("credentials/callback-token.txt").exists());
         let t = s.self_callback_token().unwrap();
         assert_eq!(t.len(), 64);
         assert_eq!(s.self_callback_token().unwrap(), t);

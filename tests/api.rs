@@ -264,9 +264,29 @@ fn failed_preflight_keeps_the_token() {
             json!({"error": format!("The joining node has the same IP ({}) as the node we contact", api.node.ip)})
         )
     );
-    // Retried with the cause fixed, the same token works.
-    let (status, _) = api.post_json(from, JOIN, &api.join_body(&token, false));
+    // A token-auth cluster without an admin token: refused after the checks but before the
+    // grant, so nothing is consumed or written.
+    let args = api.file("args/kube-apiserver");
+    api.write(
+        "args/kube-apiserver",
+        &format!("{args}--token-auth-file=${{SNAP_DATA}}/credentials/known_tokens.csv\n"),
+    );
+    let before = snapshot(&api.node.state);
+    let (status, resp) = api.post_json(from, JOIN, &api.join_body(&token, false));
+    assert_eq!(status, 500);
+    assert!(resp["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("Failed to retrieve token for admin user"));
+    assert_eq!(before, snapshot(&api.node.state));
+    api.write(
+        "credentials/known_tokens.csv",
+        "admin-token,admin,admin,\"system:masters\"\n",
+    );
+    // Retried with the causes fixed, the same token works.
+    let (status, resp) = api.post_json(from, JOIN, &api.join_body(&token, false));
     assert_eq!(status, 200);
+    assert_eq!(resp["admin_token"], "admin-token");
 }
 
 #[test]
@@ -308,6 +328,22 @@ fn not_ha_hostname_and_already_known_refusals() {
             json!({"error": "Not possible to join. This is not an HA MicroK8s cluster"})
         )
     );
+
+    // A callback or port that would forge lines in callback-tokens.txt is refused.
+    let before = snapshot(&api.node.state);
+    for (callback, port) in [
+        ("cb\n6.6.6.6:25000 evil", "25000"),
+        ("cb", "25000\nx"),
+        ("", "25000"),
+    ] {
+        let (status, resp) = api.post_json(
+            from,
+            "/cluster/api/v1.0/join",
+            &json!({"token": token, "hostname": "joiner", "port": port, "callback": callback, "can_handle_x509_auth": true}),
+        );
+        assert_eq!(status, 400, "{callback:?} {port:?}: {resp}");
+    }
+    assert_eq!(before, snapshot(&api.node.state));
 
     // v1 join works on a non-HA node (legacy shape).
     let (status, resp) = api.post_json(

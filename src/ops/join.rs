@@ -235,8 +235,8 @@ pub async fn join_v2(
         let node = node2;
         let state = &node.state;
         let layout = state.layout();
-        // Every check passed: the join is granted.
-        consume(&node, &token)?;
+        // Everything that can fail is read before the token is consumed, so a join refused
+        // here can be retried with the same token.
         let callback_token = node.tokens.self_callback_token().map_err(|e| {
             OpError::Internal(format!("Could not retrieve self callback token: {e}"))
         })?;
@@ -244,7 +244,6 @@ pub async fn join_v2(
         let kubelet_args = state
             .read_optional(&layout.args("kubelet"))?
             .unwrap_or_default();
-        state.set_marker("no-cert-reissue")?;
         let mut resp = JoinResponseV2 {
             ca,
             callback_token,
@@ -266,55 +265,82 @@ pub async fn join_v2(
             etcd_key: String::new(),
         };
         if worker {
+            resp.control_plane_nodes = Some(control_plane_ips(&members, &node));
+        } else {
+            control_plane_material(
+                &node,
+                &mut resp,
+                &members,
+                dqlite,
+                etcd_servers,
+                &token_auth_file,
+            )?;
+        }
+
+        // Every check passed: the join is granted.
+        consume(&node, &token)?;
+        if worker {
             node.tokens
                 .add_cert_request_token(&format!("{token}-kubelet"))?;
             node.tokens
                 .add_cert_request_token(&format!("{token}-proxy"))?;
-            resp.control_plane_nodes = Some(control_plane_ips(&members, &node));
-            return Ok(resp);
         }
-        resp.ca_key = Some(state.read_string(&layout.ca_key())?);
-        resp.service_account_key = state.read_string(&layout.serviceaccount_key())?;
-        if !token_auth_file.is_empty() {
-            resp.admin_token = node.tokens.known_token("admin")?.ok_or_else(|| {
-                OpError::Refused("Failed to retrieve token for admin user: no admin token".into())
-            })?;
-        }
-        if dqlite {
-            resp.cluster_cert = state.read_string(&layout.backend("cluster.crt"))?;
-            resp.cluster_key = state.read_string(&layout.backend("cluster.key"))?;
-            resp.voters = members
-                .iter()
-                .filter(|m| m.role == Role::Voter)
-                .map(|m| m.address.clone())
-                .collect();
-        } else {
-            resp.etcd_servers = etcd_servers;
-            let vars = node.snap_vars();
-            let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            for (flag, field) in [
-                ("--etcd-cafile", &mut resp.etcd_ca),
-                ("--etcd-certfile", &mut resp.etcd_cert),
-                ("--etcd-keyfile", &mut resp.etcd_key),
-            ] {
-                let value = arg(state, "kube-apiserver", flag)?;
-                if value.is_empty() {
-                    continue;
-                }
-                let path = crate::args::expand_snap_vars(value.trim_matches('"'), &vars);
-                *field = state
-                    .read_string(std::path::Path::new(&path))
-                    .map_err(|e| {
-                        OpError::Refused(format!("Failed to read etcd certificates: {e}"))
-                    })?;
-            }
-        }
+        state.set_marker("no-cert-reissue")?;
         Ok(resp)
     })
     .await?;
     // 10. (after the grant here, so a refused join changes nothing) Calico's autodetection.
     super::calico::pin_for_joining_node(node, joining).await;
     Ok(granted)
+}
+
+/// The control-plane part of a v2 answer: CA and service-account keys, the admin token in
+/// token-auth clusters, and the dqlite certificate and voters (or the etcd client material).
+fn control_plane_material(
+    node: &Node,
+    resp: &mut JoinResponseV2,
+    members: &[crate::datastore::Member],
+    dqlite: bool,
+    etcd_servers: String,
+    token_auth_file: &str,
+) -> Result<(), OpError> {
+    let state = &node.state;
+    let layout = state.layout();
+    resp.ca_key = Some(state.read_string(&layout.ca_key())?);
+    resp.service_account_key = state.read_string(&layout.serviceaccount_key())?;
+    if !token_auth_file.is_empty() {
+        resp.admin_token = node.tokens.known_token("admin")?.ok_or_else(|| {
+            OpError::Refused("Failed to retrieve token for admin user: no admin token".into())
+        })?;
+    }
+    if dqlite {
+        resp.cluster_cert = state.read_string(&layout.backend("cluster.crt"))?;
+        resp.cluster_key = state.read_string(&layout.backend("cluster.key"))?;
+        resp.voters = members
+            .iter()
+            .filter(|m| m.role == Role::Voter)
+            .map(|m| m.address.clone())
+            .collect();
+        return Ok(());
+    }
+    resp.etcd_servers = etcd_servers;
+    let vars = node.snap_vars();
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for (flag, field) in [
+        ("--etcd-cafile", &mut resp.etcd_ca),
+        ("--etcd-certfile", &mut resp.etcd_cert),
+        ("--etcd-keyfile", &mut resp.etcd_key),
+    ] {
+        let value = arg(state, "kube-apiserver", flag)?;
+        if value.is_empty() {
+            continue;
+        }
+        let path = crate::args::expand_snap_vars(value.trim_matches('"'), &vars);
+        *field = state
+            .read_string(std::path::Path::new(&path))
+            .map_err(|e| OpError::Refused(format!("Failed to read etcd certificates: {e}")))?;
+    }
+    Ok(())
 }
 
 /// How long a first join waits for k8s-dqlite to come back on its new address.
@@ -431,10 +457,35 @@ pub async fn join_v1(
     } else {
         return Err(OpError::Refused("Joining this MicroK8s cluster requires x509 authentication. update MicroK8s to version 1.28 or newer and retry the join operation".into()));
     };
+    // The callback token and port end up in `callback-tokens.txt` as `host:port token`
+    // lines that MicroK8s's tools read: nothing may break that line format.
+    if req.callback.is_empty() || !req.callback.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(OpError::BadRequest(
+            "The callback token must be printable ASCII without spaces".into(),
+        ));
+    }
+    if req.port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(OpError::BadRequest(format!(
+            "The port must be a TCP port number, not {:?}",
+            req.port
+        )));
+    }
     let host = remote_host(&req.hostname, origin.remote_ip).await;
     let node = node.clone();
     blocking(move || {
         let state = &node.state;
+        // Read everything that can fail first: a refused join consumes nothing.
+        let ca = state.read_string(&state.layout().ca_crt())?;
+        let mut kubelet_args = state
+            .read_optional(&state.layout().args("kubelet"))?
+            .unwrap_or_default();
+        if host != req.hostname {
+            kubelet_args.push_str(&format!("\n--hostname-override={host}"));
+        }
+        let etcd = arg(state, "etcd", "--listen-client-urls")?;
+        let apiport = arg(state, "kube-apiserver", "--secure-port")?;
+        let cluster_cidr = arg(state, "kube-proxy", "--cluster-cidr")?;
+
         consume(&node, &req.token)?;
         let token = req.token.trim().to_string();
         node.tokens.add_cert_request_token(&token)?;
@@ -444,7 +495,6 @@ pub async fn join_v1(
         };
         node.tokens
             .add_peer_callback_token(&endpoint, &req.callback)?;
-        let ca = state.read_string(&state.layout().ca_crt())?;
         let (api_authn_mode, kubeproxy, kubelet) = match kube_proxy_token {
             None => {
                 node.tokens
@@ -462,23 +512,17 @@ pub async fn join_v1(
                 ("Token", kube_proxy, kubelet)
             }
         };
-        let mut kubelet_args = state
-            .read_optional(&state.layout().args("kubelet"))?
-            .unwrap_or_default();
-        if host != req.hostname {
-            kubelet_args.push_str(&format!("\n--hostname-override={host}"));
-        }
         state.set_marker("no-cert-reissue")?;
         Ok(JoinResponseV1 {
             ca,
-            etcd: arg(state, "etcd", "--listen-client-urls")?,
+            etcd,
             api_authn_mode: api_authn_mode.into(),
-            apiport: arg(state, "kube-apiserver", "--secure-port")?,
+            apiport,
             kubeproxy,
             kubelet,
             kubelet_args,
             hostname_override: host,
-            cluster_cidr: arg(state, "kube-proxy", "--cluster-cidr")?,
+            cluster_cidr,
         })
     })
     .await
