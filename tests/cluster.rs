@@ -223,6 +223,33 @@ fn a_killed_member_shows_unreachable_and_the_others_elect_a_leader() {
             .any(|l| l.contains(&dqlite_addr(&n1)) && l.trim_end().ends_with("NO")),
         "{pretty}\n{s}"
     );
+
+    // Two of three voters left. n2 leaving must not stop the cluster: the dead voter is
+    // demoted before n2 steps down, so n3 carries on as the only voter, with a leader.
+    let out = cli(&n2, &["leave"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let s = eventually(
+        "n3 leads a working cluster with n1 no longer voting",
+        Duration::from_secs(30),
+        || {
+            let s = status(&n3)?;
+            let rows = members(&s);
+            let n1_votes = rows
+                .iter()
+                .any(|(a, r, _)| *a == dqlite_addr(&n1) && r == "voter");
+            let n2_present = rows.iter().any(|(a, _, _)| *a == dqlite_addr(&n2));
+            (live_voters(&s) == 1 && !n1_votes && !n2_present).then_some(s)
+        },
+    );
+    assert!(
+        members(&s).contains(&(dqlite_addr(&n3), "voter".to_string(), true)),
+        "{s}"
+    );
 }
 
 #[test]

@@ -306,10 +306,19 @@ impl Daemon {
                 let _ = task.await;
             }
             if let Some(live) = membership.as_ref().and_then(|m| m.live()) {
-                if let Err(e) =
-                    roles::handover(&live.client, live.own_id, &config.roles, HANDOVER_BUDGET).await
+                match roles::handover(&live.client, live.own_id, &config.roles, HANDOVER_BUDGET)
+                    .await
                 {
-                    tracing::warn!(error = %e, "role handover before stopping failed");
+                    Ok(roles::Handover::KeptForQuorum {
+                        live_voters,
+                        voters,
+                    }) => tracing::warn!(
+                        live_voters,
+                        voters,
+                        "staying a voter: the other voters lack a quorum without this member"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "role handover before stopping failed"),
                 }
             }
         };

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::dqlite::{Client, NodeInfo, Role};
-use crate::roles::{plan, MemberView, Targets};
+use crate::roles::{apply, has_quorum, plan, Change, MemberView, Targets};
 
 #[derive(Debug, Clone)]
 pub struct RolesConfig {
@@ -54,8 +54,11 @@ pub async fn snapshot(
         });
     }
     let mut metas = vec![None; nodes.len()];
-    while let Some(Ok((i, m))) = set.join_next().await {
-        metas[i] = m;
+    while let Some(joined) = set.join_next().await {
+        // A probe task that failed leaves its member counted as dead, not the rest.
+        if let Ok((i, m)) = joined {
+            metas[i] = m;
+        }
     }
     nodes
         .iter()
@@ -170,68 +173,100 @@ pub async fn run(
 /// How often the driver looks at the membership list between full probe rounds.
 const MEMBERSHIP_POLL: Duration = Duration::from_millis(200);
 
+/// What a handover did about this member's own role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handover {
+    /// It was a spare already, not a member, or the only voter: nothing to hand over.
+    NotNeeded,
+    /// A replacement took over and this member is a spare now.
+    SteppedDown,
+    /// It is still a voter: without it the remaining voters would have no quorum (some of
+    /// them are dead), so stepping down would stop the cluster.
+    KeptForQuorum { live_voters: usize, voters: usize },
+}
+
 /// Graceful handover before this member stops: if it is the leader, leadership goes to
-/// another voter; if it votes or stands by, a live replacement is promoted first, then this
-/// member becomes a spare. Bounded by `budget`.
+/// another voter; the policy's changes for a cluster without this member are applied
+/// (promotions of live replacements, demotions of dead voters, in the policy's quorum-safe
+/// order); then this member becomes a spare, unless the others would lack a quorum without
+/// it. Bounded by `budget`.
 pub async fn handover(
     client: &Arc<Client>,
     own_id: u64,
     cfg: &RolesConfig,
     budget: Duration,
-) -> Result<(), String> {
+) -> Result<Handover, String> {
     tokio::time::timeout(budget, async {
         let nodes = client.cluster().await.map_err(|e| e.to_string())?;
         let Some(me) = nodes.iter().find(|n| n.id == own_id) else {
-            return Ok(());
+            return Ok(Handover::NotNeeded);
         };
         if me.role == Role::Spare {
-            return Ok(());
+            return Ok(Handover::NotNeeded);
         }
         let leader = client.leader().await.map_err(|e| e.to_string())?;
         if leader.id == own_id {
-            let others = nodes
+            if !nodes
                 .iter()
-                .any(|n| n.id != own_id && n.role == Role::Voter);
-            if !others {
-                return Ok(()); // the only voter: nothing to hand over to
+                .any(|n| n.id != own_id && n.role == Role::Voter)
+            {
+                return Ok(Handover::NotNeeded); // the only voter: nothing to hand over to
             }
-            client
-                .transfer_any()
-                .await
-                .map_err(|e| format!("transfer leadership: {e}"))?;
+            // To a voter that answers: raft may otherwise pick one that is down, and the
+            // cluster then waits out an election.
+            let views = snapshot(client, &nodes, cfg).await;
+            let successor = views
+                .iter()
+                .filter(|v| v.id != own_id && v.role == Role::Voter && v.alive)
+                .min_by_key(|v| (v.weight, v.id))
+                .map(|v| v.id);
+            match successor {
+                Some(id) => client.transfer(id).await,
+                None => client.transfer_any().await,
+            }
+            .map_err(|e| format!("transfer leadership: {e}"))?;
         }
         let leader = client.leader().await.map_err(|e| e.to_string())?;
-        let mut views = snapshot(client, &nodes, cfg).await;
-        for v in views.iter_mut().filter(|v| v.id == own_id) {
-            v.alive = false;
-            v.caught_up = false;
-        }
-        // Promote the replacement(s) the policy picks with this member gone.
+        let without_me = |mut views: Vec<MemberView>| {
+            for v in views.iter_mut().filter(|v| v.id == own_id) {
+                v.alive = false;
+                v.caught_up = false;
+            }
+            views
+        };
+        let views = without_me(snapshot(client, &nodes, cfg).await);
         for change in plan(&views, leader.id, cfg.targets) {
-            if change.id != own_id && change.role != Role::Spare {
+            if change.id != own_id {
                 client
                     .assign(change.id, change.role)
                     .await
                     .map_err(|e| e.to_string())?;
             }
         }
-        let replaced = {
-            let after = client.cluster().await.map_err(|e| e.to_string())?;
-            let count = |role: Role| {
-                after
-                    .iter()
-                    .filter(|n| n.id != own_id && n.role == role)
-                    .count()
-            };
-            me.role != Role::Voter || count(Role::Voter) >= 1
-        };
-        if replaced {
-            client
-                .assign(own_id, Role::Spare)
-                .await
-                .map_err(|e| format!("demote self: {e}"))?;
+        let now = client.cluster().await.map_err(|e| e.to_string())?;
+        let views = without_me(snapshot(client, &now, cfg).await);
+        let stepped_down = apply(
+            &views,
+            &[Change {
+                id: own_id,
+                role: Role::Spare,
+            }],
+        );
+        if !has_quorum(&stepped_down) {
+            let voters: Vec<&MemberView> = stepped_down
+                .iter()
+                .filter(|v| v.role == Role::Voter)
+                .collect();
+            return Ok(Handover::KeptForQuorum {
+                live_voters: voters.iter().filter(|v| v.alive).count(),
+                voters: voters.len(),
+            });
         }
-        Ok(())
+        client
+            .assign(own_id, Role::Spare)
+            .await
+            .map_err(|e| format!("demote self: {e}"))?;
+        Ok(Handover::SteppedDown)
     })
     .await
     .map_err(|_| format!("handover did not finish within {budget:?}"))?

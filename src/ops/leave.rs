@@ -57,13 +57,24 @@ async fn leave_control_plane(node: &Node) -> Result<LeaveResponse, OpError> {
     }
     let mut messages = Vec::new();
     let cfg = crate::daemon::roles::RolesConfig::default();
-    if let Err(e) =
-        crate::daemon::roles::handover(&live.client, live.own_id, &cfg, Duration::from_secs(20))
-            .await
+    match crate::daemon::roles::handover(&live.client, live.own_id, &cfg, Duration::from_secs(20))
+        .await
     {
-        messages.push(format!(
+        Ok(crate::daemon::roles::Handover::KeptForQuorum {
+            live_voters,
+            voters,
+        }) => {
+            return Err(OpError::exit(
+                EXIT_FAILURE,
+                format!(
+                    "Leaving now would stop the cluster: without this node only {live_voters} of the other {voters} voters are reachable, which is not a quorum. Bring the unreachable voters back, or remove them with 'remove-node --force', then leave."
+                ),
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => messages.push(format!(
             "WARNING: handing the role over failed ({e}); removing anyway."
-        ));
+        )),
     }
     live.client.remove(live.own_id).await.map_err(|e| {
         OpError::exit(
