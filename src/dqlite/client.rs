@@ -660,6 +660,27 @@ impl Client {
         let mut last: Option<ClientError> = None;
         loop {
             let mut state = self.state.lock().await;
+            // The lock is FIFO: a caller may get it after its deadline. Nothing is sent then
+            // (a late ADD or REMOVE could be applied while the caller reports failure).
+            if Instant::now() >= deadline {
+                return Err(deadline_error(req.name(), &self.opts, last));
+            }
+            // A follower answers reads like CLUSTER itself instead of redirecting, so a read
+            // on a cached connection first checks that it still leads (go-dqlite does the
+            // same when it looks for the leader).
+            if !mutating {
+                if let Some((_, conn)) = state.leader.as_mut() {
+                    let t = self.request_timeout(deadline);
+                    let still_leads = matches!(
+                        conn.leader(t).await,
+                        Ok(Some(info)) if info.address == conn.address()
+                    );
+                    if !still_leads {
+                        debug!(address = %conn.address(), "cached leader no longer leads; finding it again");
+                        state.leader = None;
+                    }
+                }
+            }
             let ready = match state.leader.as_ref() {
                 Some((_, conn)) if !conn.is_broken() => Ok(()),
                 _ => self.discover(&mut state, deadline).await,

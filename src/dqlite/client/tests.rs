@@ -519,3 +519,86 @@ fn probe_order_puts_voters_first() {
     let seeds = vec!["seed".to_string(), "v".to_string()];
     assert_eq!(candidates(&seeds, &known), ["v", "seed", "b", "s"]);
 }
+
+/// After leadership moves, a read must come from the new leader: the old one, now a
+/// follower, still answers CLUSTER (with its own, possibly stale, view) instead of
+/// redirecting.
+#[tokio::test]
+async fn reads_follow_a_leadership_move() {
+    let (first, first_addr) = bind().await;
+    let (second, second_addr) = bind().await;
+    let moved = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let one = |id: u64, address: &str| NodeInfo {
+        id,
+        address: address.to_string(),
+        role: Role::Voter,
+    };
+    let (a, b, m) = (first_addr.clone(), second_addr.clone(), moved.clone());
+    spawn_plain(
+        first,
+        Arc::new(move |req| {
+            let (id, address) = if m.load(Ordering::SeqCst) {
+                (2, b.clone())
+            } else {
+                (1, a.clone())
+            };
+            Action::Reply(match req {
+                Request::Leader => Response::Node { id, address },
+                Request::Cluster => Response::Nodes(vec![one(1, &a)]),
+                _ => Response::Empty,
+            })
+        }),
+    );
+    let (a, b) = (first_addr.clone(), second_addr.clone());
+    spawn_plain(
+        second,
+        Arc::new(move |req| {
+            Action::Reply(match req {
+                Request::Leader => Response::Node {
+                    id: 2,
+                    address: b.clone(),
+                },
+                Request::Cluster => Response::Nodes(vec![one(1, &a), one(2, &b)]),
+                _ => Response::Empty,
+            })
+        }),
+    );
+    let client = Client::new([first_addr.clone()], None, fast()).unwrap();
+    assert_eq!(client.cluster().await.unwrap().len(), 1);
+    moved.store(true, Ordering::SeqCst);
+    let view = client.cluster().await.unwrap();
+    assert_eq!(view.len(), 2, "a follower's view was returned: {view:?}");
+}
+
+/// A request whose deadline passed while it waited for the connection is never sent.
+#[tokio::test]
+async fn nothing_is_sent_after_the_deadline() {
+    let (listener, address) = bind().await;
+    let seen = Arc::new(StdMutex::new(Vec::<Request>::new()));
+    let (record, inner) = (seen.clone(), leader_of_one(&address));
+    spawn_plain(
+        listener,
+        Arc::new(move |req| {
+            record.lock().unwrap().push(req.clone());
+            inner(req)
+        }),
+    );
+    let client = Client::new([address.clone()], None, fast()).unwrap();
+    client.leader().await.unwrap();
+    let late = client
+        .leader_call(Request::Remove { id: 5 }, Instant::now())
+        .await;
+    assert!(
+        matches!(late, Err(ClientError::Deadline { .. })),
+        "{:?}",
+        late.err()
+    );
+    // A later round trip on the same connection: had REMOVE been written, the server would
+    // have seen it first.
+    client.leader().await.unwrap();
+    let got = seen.lock().unwrap().clone();
+    assert!(
+        !got.contains(&Request::Remove { id: 5 }),
+        "sent after its deadline: {got:?}"
+    );
+}
