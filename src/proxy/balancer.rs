@@ -215,6 +215,11 @@ impl Balancer {
         }
     }
 
+    /// How many upstreams are currently considered healthy (they lead every plan).
+    pub fn healthy_count(&self) -> usize {
+        self.entries.iter().filter(|e| e.healthy).count()
+    }
+
     /// Upstreams the active prober should test.
     pub fn probe_targets(&self) -> Vec<Upstream> {
         self.entries

@@ -68,14 +68,12 @@ impl Pool {
     /// Connects to an upstream for a client: tries them in the balancer's order until one
     /// accepts. `None` when none did (the caller closes the client connection).
     pub async fn connect(&self) -> Option<(TcpStream, Upstream)> {
-        let plan = self.balancer().plan(Instant::now());
-        let last = plan.len().saturating_sub(1);
-        for (i, upstream) in plan.into_iter().enumerate() {
-            let timeout = if i == last {
-                self.inner.connect_timeout.max(LAST_RESORT_CONNECT_TIMEOUT)
-            } else {
-                self.inner.connect_timeout
-            };
+        let (plan, healthy) = {
+            let mut balancer = self.balancer();
+            (balancer.plan(Instant::now()), balancer.healthy_count())
+        };
+        let timeouts = connect_timeouts(plan.len(), healthy, self.inner.connect_timeout);
+        for (upstream, timeout) in plan.into_iter().zip(timeouts) {
             let started = Instant::now();
             match dial(&upstream, timeout).await {
                 Ok(stream) => {
@@ -172,6 +170,27 @@ fn log_change(upstream: &Upstream, change: Option<Health>, error: Option<&io::Er
     }
 }
 
+/// The connect timeout of each entry of a plan whose first `healthy` entries are the healthy
+/// upstreams: the long last-resort timeout goes to the last healthy one (a live upstream
+/// whose SYN was lost must not be given up for upstreams already known to be down), or to
+/// the last entry when none is healthy.
+fn connect_timeouts(len: usize, healthy: usize, default: Duration) -> Vec<Duration> {
+    let patient = if healthy > 0 {
+        healthy.min(len) - 1
+    } else {
+        len.saturating_sub(1)
+    };
+    (0..len)
+        .map(|i| {
+            if i == patient {
+                default.max(LAST_RESORT_CONNECT_TIMEOUT)
+            } else {
+                default
+            }
+        })
+        .collect()
+}
+
 /// One TCP connect with a deadline. IP literals need no DNS; names are resolved each time.
 pub async fn dial(upstream: &Upstream, timeout: Duration) -> io::Result<TcpStream> {
     let connect = async {
@@ -186,5 +205,26 @@ pub async fn dial(upstream: &Upstream, timeout: Duration) -> io::Result<TcpStrea
             io::ErrorKind::TimedOut,
             format!("connect timed out after {timeout:?}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_healthy_upstream_gets_the_patient_timeout() {
+        let short = Duration::from_millis(500);
+        let long = LAST_RESORT_CONNECT_TIMEOUT;
+        // A healthy, B down: A is the one worth waiting for.
+        assert_eq!(connect_timeouts(2, 1, short), vec![long, short]);
+        assert_eq!(connect_timeouts(3, 2, short), vec![short, long, short]);
+        assert_eq!(connect_timeouts(3, 3, short), vec![short, short, long]);
+        // All down: the last one tried waits.
+        assert_eq!(connect_timeouts(2, 0, short), vec![short, long]);
+        assert_eq!(connect_timeouts(0, 0, short), Vec::<Duration>::new());
+        // A configured timeout above the last-resort one is kept.
+        let huge = Duration::from_secs(30);
+        assert_eq!(connect_timeouts(1, 1, huge), vec![huge]);
     }
 }
