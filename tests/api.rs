@@ -663,6 +663,10 @@ fn configure_updates_args_with_the_callback_token() {
     assert_eq!(api.file("args/kube-proxy"), before);
     let (status, resp) = api.post_json(unique_loopback(), path, &json!({"callback": callback, "service": [{"name": "../../etc/x", "arguments_remove": ["--key"]}]}));
     assert_eq!(status, 400, "{resp}");
+    // A value with a newline would add a flag of its own: refused, nothing written.
+    let (status, resp) = api.post_json(unique_loopback(), path, &json!({"callback": callback, "service": [{"name": "kube-proxy", "arguments_update": [{"--v": "2\n--hostname-override=evil"}]}]}));
+    assert_eq!(status, 400, "{resp}");
+    assert_eq!(api.file("args/kube-proxy"), before);
     let (status, resp) = api.post_json(
         unique_loopback(),
         path,

@@ -81,6 +81,38 @@ pub fn check_name(kind: &str, name: &str) -> Result<(), OpError> {
     }
 }
 
+/// An addon as `microk8s enable` names it: `name` or `repository/name`, each part a
+/// [`check_name`] name.
+pub fn check_addon_name(name: &str) -> Result<(), OpError> {
+    let parts: Vec<&str> = name.split('/').collect();
+    if parts.len() > 2 || parts.iter().any(|p| check_name("addon", p).is_err()) {
+        return Err(OpError::BadRequest(format!("Invalid addon name {name:?}")));
+    }
+    Ok(())
+}
+
+/// A flag and value for an args file: one line each, so no control characters (a newline
+/// would inject another flag into a file the snap's wrappers evaluate), and a flag that
+/// looks like one.
+pub fn check_argument(service: &str, flag: &str, value: Option<&str>) -> Result<(), OpError> {
+    let flag_ok = flag
+        .trim_start_matches('-')
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && flag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let value_ok = !value.is_some_and(|v| v.chars().any(char::is_control));
+    if flag_ok && value_ok {
+        Ok(())
+    } else {
+        Err(OpError::BadRequest(format!(
+            "Invalid argument {flag:?} for service \"{service}\": flags are letters, digits, '-', '_' or '.', and values hold no control characters"
+        )))
+    }
+}
+
 fn check_callback(node: &Node, token: &str) -> Result<(), OpError> {
     if node.tokens.check_callback_token(token)? {
         Ok(())
@@ -96,9 +128,15 @@ pub async fn configure(node: &Node, req: ConfigureRequest) -> Result<ResultOk, O
         // Validate everything before changing anything.
         for s in &req.service {
             check_name("service", &s.name)?;
+            for (flag, value) in s.arguments_update.iter().flat_map(|m| m.iter()) {
+                check_argument(&s.name, flag, Some(value))?;
+            }
+            for flag in &s.arguments_remove {
+                check_argument(&s.name, flag, None)?;
+            }
         }
         for a in &req.addon {
-            check_name("addon", &a.name)?;
+            check_addon_name(&a.name)?;
         }
         for s in &req.service {
             let updates: Vec<(String, String)> = s
@@ -301,6 +339,49 @@ mod tests {
             "dns",
         ] {
             assert!(check_name("service", good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn addons_may_name_their_repository() {
+        for good in ["dns", "core/dns", "community/linkerd"] {
+            assert!(check_addon_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "/dns", "core/", "a/b/c", "../dns", "core/../x", "x y"] {
+            assert!(check_addon_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn arguments_stay_on_one_line() {
+        for (flag, value) in [
+            ("--v", Some("4")),
+            (
+                "--kubelet-preferred-address-types",
+                Some("InternalIP,Hostname"),
+            ),
+            ("--node-labels", Some("a=b,c=d")),
+            (
+                "--token-auth-file",
+                Some("${SNAP_DATA}/credentials/known_tokens.csv"),
+            ),
+            ("--cluster-cidr", None),
+        ] {
+            assert!(check_argument("kubelet", flag, value).is_ok(), "{flag}");
+        }
+        for (flag, value) in [
+            ("--v", Some("4\n--authorization-mode=AlwaysAllow")),
+            ("--v", Some("4\r")),
+            ("--a\nb", None),
+            ("", None),
+            ("--", Some("x")),
+            ("--x=y", None),
+            ("--x y", None),
+        ] {
+            assert!(
+                check_argument("kubelet", flag, value).is_err(),
+                "{flag:?} {value:?}"
+            );
         }
     }
 }
