@@ -813,6 +813,9 @@ fn malformed_requests_get_clear_errors_and_change_nothing() {
         let resp = client.request(method, api.url(path)).send().unwrap();
         assert_eq!(resp.status(), 404, "{path}");
         assert_eq!(resp.text().unwrap(), "", "{path}");
+        // HEAD is a wrong method too.
+        let resp = client.head(api.url(path)).send().unwrap();
+        assert_eq!(resp.status(), 404, "HEAD {path}");
     }
     for path in ["/", "/cluster/api/v2.0/join/", "/cluster/api/v3/nope"] {
         let resp = client.post(api.url(path)).body("{}").send().unwrap();

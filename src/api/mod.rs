@@ -60,7 +60,13 @@ impl AppState {
 /// The :25000 route table.
 pub fn router(app: AppState, request_timeout: Duration) -> Router {
     let limited = Router::new()
-        .route("/health", get(health::health).fallback(empty_not_found))
+        // MicroK8s answers HEAD like any other wrong method (axum would serve it as GET).
+        .route(
+            "/health",
+            get(health::health)
+                .head(empty_not_found)
+                .fallback(empty_not_found),
+        )
         .route("/metrics", any(metrics))
         .route("/cluster/api/v1.0/join", v1::join_route())
         .route("/cluster/api/v1.0/sign-cert", v1::sign_cert_route())
