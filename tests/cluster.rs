@@ -448,3 +448,25 @@ fn external_datastore_status_reads_the_live_cluster() {
         "{s}"
     );
 }
+
+/// `remove-node` never removes the node it runs on, even when the datastore address is not
+/// the `--bind` one (a wildcard bind, or a separate `--dqlite-bind`).
+#[test]
+fn remove_node_refuses_this_node_by_its_datastore_address() {
+    let dqlite_ip = unique_loopback();
+    let dqlite_bind = format!("{dqlite_ip}:19001");
+    let node = Node::start_with(&["--dqlite-bind", &dqlite_bind]);
+    let out = cli(&node, &["remove-node", &dqlite_ip.to_string(), "--force"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("is this node"),
+        "{}",
+        text(&out.stderr)
+    );
+    let s = status(&node).unwrap();
+    assert_eq!(
+        members(&s),
+        vec![(dqlite_bind, "voter".to_string(), true)],
+        "{s}"
+    );
+}

@@ -87,9 +87,23 @@ pub async fn remove_node(
     })?;
     let found = matching(&members, &ips, id);
     let mut messages = Vec::new();
+    // This node's own member: by the identity it runs with (info.yaml, the live member),
+    // and by the --bind address when that names one.
     let bind_ip = node.settings.bind.ip();
+    let own = crate::dqlite::files::read_info(&node.state.layout().backend_dir())
+        .ok()
+        .flatten()
+        .or_else(|| {
+            node.membership
+                .as_ref()
+                .and_then(|m| m.live())
+                .map(|l| (l.own_id, l.own_address))
+        });
     for m in &found {
-        if host_of(&m.address).parse::<IpAddr>().ok() == Some(bind_ip) {
+        let is_own = own
+            .as_ref()
+            .is_some_and(|(id, address)| *id == m.id || *address == m.address);
+        if is_own || host_of(&m.address).parse::<IpAddr>().ok() == Some(bind_ip) {
             return Err(OpError::exit(
                 EXIT_FAILURE,
                 format!("{} is this node. Run 'leave' on it instead.", req.node),
