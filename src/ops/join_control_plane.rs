@@ -68,15 +68,30 @@ pub async fn join(
             "The cluster's answer lacks the CA key or the dqlite certificate and voters: it does not accept control-plane nodes this way.",
         ));
     };
+    let backend = node.state.layout().backend_dir();
+    let aside = backend.with_file_name("backend.join-backup");
+    if aside.exists() {
+        // Left by a join whose rollback failed (or a crash mid-join): it may hold the only
+        // copy of this node's previous datastore, so it is never deleted here.
+        return Err(OpError::exit(
+            EXIT_FAILURE,
+            format!(
+                "{} exists: an earlier join did not finish. It holds this node's previous datastore; move it back to {} or delete it, then join again.",
+                aside.display(),
+                backend.display()
+            ),
+        ));
+    }
     let backup = Backup::take(&node.state, &touched(node)).map_err(|e| {
         OpError::exit(
             EXIT_FAILURE,
             format!("Join failed before changing anything on this node: {e}"),
         )
     })?;
-    let backend = node.state.layout().backend_dir();
-    let aside = backend.with_file_name("backend.join-backup");
-    let mut messages = vec!["Waiting for this node to finish joining the cluster.".to_string()];
+    let mut progress = Progress {
+        messages: vec!["Waiting for this node to finish joining the cluster.".to_string()],
+        added: None,
+    };
 
     let result = install(
         node,
@@ -85,10 +100,18 @@ pub async fn join(
         &ca_key,
         &backend,
         &aside,
-        &mut messages,
+        &mut progress,
     )
     .await;
+    let mut messages = progress.messages;
     if let Err(e) = result {
+        if let Some((client, id)) = progress.added {
+            // The cluster must not keep a member at our address for a datastore that is
+            // about to be replaced by the old one.
+            if let Err(r) = client.remove(id).await {
+                tracing::warn!(error = %r, id, "could not remove the half-joined member from the cluster");
+            }
+        }
         let restored = rollback(node, &membership, &backup, &backend, &aside).await;
         let how = match restored {
             Ok(()) => "This node was restored to its previous single-node cluster.".to_string(),
@@ -115,6 +138,13 @@ pub async fn join(
     })
 }
 
+/// What `install` did so far that a rollback must undo beyond the files.
+struct Progress {
+    messages: Vec<String>,
+    /// The fresh member was ADDed to the cluster (client to it, member id).
+    added: Option<(std::sync::Arc<crate::dqlite::Client>, u64)>,
+}
+
 async fn install(
     node: &Node,
     membership: &Membership,
@@ -122,15 +152,11 @@ async fn install(
     ca_key: &str,
     backend: &std::path::Path,
     aside: &std::path::Path,
-    messages: &mut Vec<String>,
+    progress: &mut Progress,
 ) -> Result<(), OpError> {
     let state = &node.state;
     let l = state.layout();
     membership.stop().await.map_err(fail)?;
-    if aside.exists() {
-        std::fs::remove_dir_all(aside)
-            .map_err(|e| fail(format!("cannot clear {}: {e}", aside.display())))?;
-    }
     std::fs::rename(backend, aside)
         .map_err(|e| fail(format!("cannot move {} aside: {e}", backend.display())))?;
     state.ensure_layout()?;
@@ -170,7 +196,7 @@ async fn install(
         .start(Some(answer.voters.clone()))
         .await
         .map_err(fail)?;
-    let client = membership.client(answer.voters.clone()).map_err(fail)?;
+    let client = std::sync::Arc::new(membership.client(answer.voters.clone()).map_err(fail)?);
     client
         .add(live.own_id, &live.own_address, Role::Spare)
         .await
@@ -180,6 +206,7 @@ async fn install(
                 live.own_address
             ))
         })?;
+    progress.added = Some((client.clone(), live.own_id));
     let deadline = tokio::time::Instant::now() + MEMBER_WAIT;
     loop {
         if let Ok(nodes) = client.cluster().await {
@@ -188,10 +215,9 @@ async fn install(
             }
         }
         if tokio::time::Instant::now() > deadline {
-            let _ = client.remove(live.own_id).await;
             return Err(fail("this member did not appear in the cluster in time"));
         }
-        messages.push(". ".into());
+        progress.messages.push(". ".into());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     membership.refresh_cluster_yaml().await;
@@ -223,16 +249,46 @@ async fn rollback(
     backend: &std::path::Path,
     aside: &std::path::Path,
 ) -> Result<(), String> {
-    membership.stop().await.map_err(|e| e.to_string())?;
+    // Every step is tried whatever happened to the previous ones; the old datastore is only
+    // ever moved, never deleted, so a failed step leaves it where the message says.
+    let mut failures = Vec::new();
+    if let Err(e) = membership.stop().await {
+        failures.push(format!("stopping the new member: {e}"));
+    }
     if aside.exists() {
-        let _ = std::fs::remove_dir_all(backend);
-        std::fs::rename(aside, backend)
-            .map_err(|e| format!("cannot move {} back: {e}", aside.display()))?;
+        let moved_back = std::fs::remove_dir_all(backend)
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .and_then(|()| std::fs::rename(aside, backend));
+        if let Err(e) = moved_back {
+            failures.push(format!(
+                "moving the previous datastore back from {} to {}: {e}",
+                aside.display(),
+                backend.display()
+            ));
+        }
     }
-    backup.restore().map_err(|e| e.to_string())?;
-    membership.start(None).await.map_err(|e| e.to_string())?;
+    if let Err(e) = backup.restore() {
+        failures.push(format!("restoring files: {e}"));
+    }
+    if failures.is_empty() {
+        if let Err(e) = membership.start(None).await {
+            failures.push(format!("restarting the previous member: {e}"));
+        }
+    }
     if let Some(serving) = &node.serving {
-        serving.reload().map_err(|e| e.to_string())?;
+        if let Err(e) = serving.reload() {
+            failures.push(format!("reloading the :25000 certificate: {e}"));
+        }
     }
-    Ok(())
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
 }
