@@ -146,8 +146,12 @@ impl ApiClient {
             .unwrap_or_default())
     }
 
-    /// `DELETE /api/v1/nodes/<name>`; returns the HTTP status.
+    /// `DELETE /api/v1/nodes/<name>`; returns the HTTP status. `name` must be a Kubernetes
+    /// object name (it becomes a path segment).
     pub async fn delete_node(&self, name: &str) -> Result<u16, String> {
+        if !is_object_name(name) {
+            return Err(format!("{name:?} is not a Kubernetes node name"));
+        }
         let mut request = self
             .client
             .delete(format!("{}/api/v1/nodes/{name}", self.base));
@@ -175,9 +179,35 @@ impl ApiClient {
         if !status.is_success() {
             return Err(format!("HTTP {status}"));
         }
-        let body = response.bytes().await.map_err(|e| error_chain(&e))?;
-        Ok(body.to_vec())
+        // Bounded: an endpoints list is kilobytes; a misbehaving server must not make the
+        // proxy buffer without limit.
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(format!(
+                    "response larger than {} MiB",
+                    MAX_RESPONSE_BYTES >> 20
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
+}
+
+/// Largest API response read (node and endpoint lists).
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+/// A DNS-1123 subdomain, the form of Kubernetes node names.
+fn is_object_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 /// What one refresh round produced.
@@ -312,6 +342,26 @@ impl Refresher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_names_are_dns_subdomains() {
+        for good in ["w1", "node-1.example", "10.0.0.9", "a"] {
+            assert!(is_object_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            "W1",
+            "-a",
+            "a-",
+            "a b",
+            "a?x=1",
+            &"a".repeat(254),
+        ] {
+            assert!(!is_object_name(bad), "{bad:?}");
+        }
+    }
 
     fn ups(list: &[&str]) -> Vec<Upstream> {
         list.iter().map(|s| Upstream::parse(s).unwrap()).collect()
