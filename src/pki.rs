@@ -234,11 +234,14 @@ impl Authority {
     /// client and server use. The caller decides whether the subject is acceptable.
     /// Signs a CSR (its key and SANs) for the subject `CN=common_name[, O=organization]`,
     /// whatever subject the request itself carries: the caller has checked these values.
+    /// A `server` certificate may also authenticate a TLS server; otherwise it is a client
+    /// certificate only.
     pub fn sign_csr(
         &self,
         csr_pem: &str,
         common_name: &str,
         organization: Option<&str>,
+        server: bool,
     ) -> Result<String, PkiError> {
         let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
             PkiError::BadPem {
@@ -252,10 +255,14 @@ impl Authority {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        csr.params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ClientAuth,
-            ExtendedKeyUsagePurpose::ServerAuth,
-        ];
+        csr.params.extended_key_usages = if server {
+            vec![
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ]
+        } else {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        };
         set_validity(&mut csr.params);
         let issuer = self.params.clone().self_signed(&self.key)?;
         Ok(csr.signed_by(&issuer, &self.key)?.pem())
@@ -313,7 +320,7 @@ mod tests {
         })
         .unwrap();
         let pem = ca
-            .sign_csr(&csr, "system:node:w1", Some("system:nodes"))
+            .sign_csr(&csr, "system:node:w1", Some("system:nodes"), true)
             .unwrap();
         let der = first_cert_der(&pem, "leaf").unwrap();
         let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();

@@ -573,9 +573,23 @@ fn rate_limit_kicks_in_and_expires() {
     });
 }
 
+/// A CSR as a worker makes it: a kubelet names its node (`w1`), others name nothing.
 fn csr(cn: &str, org: Option<&str>) -> String {
+    csr_naming(
+        cn,
+        org,
+        if cn.starts_with("system:node:") {
+            &["w1"]
+        } else {
+            &[]
+        },
+    )
+}
+
+fn csr_naming(cn: &str, org: Option<&str>, dns: &[&str]) -> String {
     let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["w1".to_string()]).unwrap();
+    let dns: Vec<String> = dns.iter().map(|d| d.to_string()).collect();
+    let mut params = rcgen::CertificateParams::new(dns).unwrap();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
@@ -636,7 +650,14 @@ fn sign_cert_signs_only_the_allowed_identity_once() {
     // One-time: the second use is refused.
     let (status, resp) = api.post_json(from, sign, &json!({"token": format!("{token}-kubelet"), "request": csr("system:node:w1", Some("system:nodes"))}));
     assert_eq!((status, resp), (500, json!({"error": "Invalid token"})));
-    // The proxy token allows only kube-proxy.
+    // The proxy token allows only a kube-proxy client certificate: naming a server (here
+    // the API server's service name) is refused and keeps the token.
+    let (status, resp) = api.post_json(
+        from,
+        sign,
+        &json!({"token": format!("{token}-proxy"), "request": csr_naming("system:kube-proxy", None, &["kubernetes.default.svc"])}),
+    );
+    assert_eq!(status, 403, "{resp}");
     let (status, _) = api.post_json(
         from,
         sign,

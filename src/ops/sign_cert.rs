@@ -4,7 +4,9 @@
 //! included). We sign only the identity the one-time token was issued for:
 //! `<join>-kubelet` → `CN=system:node:<name>, O=system:nodes`; `<join>-proxy` →
 //! `CN=system:kube-proxy`; a bare `<join>` token (v1 joins) → a non-`system:` CN without
-//! organisation. The subject may hold nothing but readable CN and O values, and the
+//! organisation. Only a kubelet certificate may carry SANs (its node name and IP addresses)
+//! and serve TLS; the others are client certificates. The subject may hold nothing but
+//! readable CN and O values, and the
 //! certificate's subject is built from the checked values, never copied from the request.
 //! The token is consumed only when the CSR is acceptable.
 
@@ -126,6 +128,36 @@ pub fn csr_subject(pem: &str) -> Result<Subject, String> {
     Ok(checked)
 }
 
+/// What the subject alternative names of a CSR allow: `Ok(true)` for a kubelet's serving
+/// certificate (DNS names equal to its node name, any IP addresses), `Ok(false)` for a
+/// client-only certificate (no SANs at all: kube-proxy, v1 client certificates).
+pub fn check_sans(allowed: Allowed, common_name: &str, csr_pem: &str) -> Result<bool, String> {
+    let params = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| format!("the certificate signing request cannot be parsed: {e}"))?;
+    let sans = &params.params.subject_alt_names;
+    match allowed {
+        Allowed::Kubelet => {
+            let node_name = common_name.strip_prefix("system:node:").unwrap_or_default();
+            for san in sans {
+                match san {
+                    rcgen::SanType::IpAddress(_) => {}
+                    rcgen::SanType::DnsName(name) if name.as_str() == node_name => {}
+                    other => {
+                        return Err(format!(
+                            "Certificate request refused: a kubelet certificate may name only its node ({node_name}) and IP addresses, not {other:?}"
+                        ))
+                    }
+                }
+            }
+            Ok(true)
+        }
+        Allowed::KubeProxy | Allowed::Other if sans.is_empty() => Ok(false),
+        Allowed::KubeProxy | Allowed::Other => Err(
+            "Certificate request refused: this token allows a client certificate only, without subject alternative names".into(),
+        ),
+    }
+}
+
 pub async fn sign_cert(node: &Node, req: SignCertRequest) -> Result<SignCertResponse, OpError> {
     let node = node.clone();
     blocking(move || {
@@ -133,16 +165,18 @@ pub async fn sign_cert(node: &Node, req: SignCertRequest) -> Result<SignCertResp
             return Err(OpError::InvalidToken);
         }
         let subject = csr_subject(&req.request).map_err(OpError::BadRequest)?;
-        check_subject(allowed_for(&req.token), &subject).map_err(OpError::Forbidden)?;
+        let allowed = allowed_for(&req.token);
+        check_subject(allowed, &subject).map_err(OpError::Forbidden)?;
+        let common_name = subject.common_names.first().map_or("", String::as_str);
+        let server = check_sans(allowed, common_name, &req.request).map_err(OpError::Forbidden)?;
         let layout = node.state.layout();
         let ca_pem = node.state.read_string(&layout.ca_crt())?;
         let key_pem = node.state.read_string(&layout.ca_key())?;
         let ca = crate::pki::Authority::load(&ca_pem, &key_pem)
             .map_err(|e| OpError::Internal(e.to_string()))?;
-        let common_name = subject.common_names.first().map_or("", String::as_str);
         let organization = subject.organizations.first().map(String::as_str);
         let certificate = ca
-            .sign_csr(&req.request, common_name, organization)
+            .sign_csr(&req.request, common_name, organization, server)
             .map_err(|e| OpError::BadRequest(format!("Failed to sign certificate: {e}")))?;
         if !node.tokens.consume_cert_request_token(&req.token)? {
             return Err(OpError::InvalidToken);
@@ -249,10 +283,51 @@ mod tests {
             (DnType::CommonName, DnValue::Utf8String("w1".into())),
             (DnType::OrganizationName, DnValue::Utf8String("x".into())),
         ]);
-        let pem = ca.sign_csr(&csr, "system:node:w1", None).unwrap();
+        let pem = ca.sign_csr(&csr, "system:node:w1", None, false).unwrap();
         let der = crate::pki::first_cert_der(&pem, "leaf").unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
         assert_eq!(cert.subject().to_string(), "CN=system:node:w1");
+    }
+
+    fn csr_for(cn: &str, dns: &[&str], ips: &[&str]) -> String {
+        crate::pki::csr(&crate::pki::LeafSpec {
+            common_name: cn.into(),
+            dns_names: dns.iter().map(|d| d.to_string()).collect(),
+            ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+            ..Default::default()
+        })
+        .unwrap()
+        .0
+    }
+
+    /// A worker's one-time tokens cannot buy a serving certificate for another name (the
+    /// API server's, say): kubelets may name only their node, kube-proxy nothing.
+    #[test]
+    fn subject_alternative_names_follow_the_token() {
+        use Allowed::*;
+        let kubelet = "system:node:w1";
+        let good = csr_for(kubelet, &["w1"], &["10.0.0.9", "fd00::9"]);
+        assert_eq!(check_sans(Kubelet, kubelet, &good), Ok(true));
+        let api = csr_for(kubelet, &["w1", "kubernetes.default.svc"], &[]);
+        assert!(check_sans(Kubelet, kubelet, &api).is_err());
+        let plain = csr_for("system:kube-proxy", &[], &[]);
+        assert_eq!(
+            check_sans(KubeProxy, "system:kube-proxy", &plain),
+            Ok(false)
+        );
+        let named = csr_for("system:kube-proxy", &[], &["10.152.183.1"]);
+        assert!(check_sans(KubeProxy, "system:kube-proxy", &named).is_err());
+        assert!(check_sans(Other, "flanneld", &named).is_err());
+
+        // A client-only certificate cannot serve TLS.
+        let ca = crate::pki::Authority::generate("ca").unwrap();
+        let pem = ca
+            .sign_csr(&plain, "system:kube-proxy", None, false)
+            .unwrap();
+        let der = crate::pki::first_cert_der(&pem, "leaf").unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth);
     }
 
     #[test]
