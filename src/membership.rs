@@ -124,6 +124,10 @@ impl Membership {
     /// cluster (empty directory), or a fresh member for the cluster at `join` seeds.
     pub async fn start(&self, join: Option<Vec<String>>) -> Result<Live, MembershipError> {
         let mut slot = self.slot.lock().await;
+        // No view of a stopped member may outlive it, even if the new one fails to start.
+        if let Ok(mut l) = self.live.write() {
+            *l = None;
+        }
         if let Some(old) = slot.take() {
             old.stop().await?;
         }
