@@ -331,15 +331,10 @@ async fn open_stream(address: &str, tls: Option<&ClientTls>) -> Result<BoxStream
         address: address.to_string(),
         source,
     };
-    if let Some(name) = address.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+    if address.starts_with('@') {
+        let stream = crate::dqlite::host::connect_local(address)
+            .await
             .map_err(connect_err)?;
-        // Connecting to an abstract socket of this very process does not block.
-        let std_stream =
-            std::os::unix::net::UnixStream::connect_addr(&addr).map_err(connect_err)?;
-        std_stream.set_nonblocking(true).map_err(connect_err)?;
-        let stream = tokio::net::UnixStream::from_std(std_stream).map_err(connect_err)?;
         return Ok(Box::new(stream));
     }
     let tcp = tokio::net::TcpStream::connect(address)

@@ -486,14 +486,21 @@ fn tune_tcp(stream: &TcpStream) {
     }
 }
 
-/// Connects to the node's abstract socket (never blocks: same process, listening).
-fn connect_local(name: &str) -> io::Result<tokio::net::UnixStream> {
+/// Connects to an abstract Unix socket (`@name` or `name`). A Unix connect blocks while the
+/// listener's backlog is full (libdqlite's loop busy), so it runs on a blocking thread,
+/// never on a runtime worker.
+pub(crate) async fn connect_local(name: &str) -> io::Result<tokio::net::UnixStream> {
     use std::os::linux::net::SocketAddrExt;
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(
         name.strip_prefix('@').unwrap_or(name).as_bytes(),
     )?;
-    let stream = std::os::unix::net::UnixStream::connect_addr(&addr)?;
-    stream.set_nonblocking(true)?;
+    let stream = tokio::task::spawn_blocking(move || {
+        let stream = std::os::unix::net::UnixStream::connect_addr(&addr)?;
+        stream.set_nonblocking(true)?;
+        Ok::<_, io::Error>(stream)
+    })
+    .await
+    .map_err(io::Error::other)??;
     tokio::net::UnixStream::from_std(stream)
 }
 
@@ -551,7 +558,7 @@ async fn accept_loop(
                 Ok(Err(e)) => return debug!(%peer, error = %e, "dqlite TLS handshake failed"),
                 Err(_) => return debug!(%peer, "dqlite TLS handshake timed out"),
             };
-            match connect_local(&local) {
+            match connect_local(&local).await {
                 Ok(unix) => splice(tls, unix, &peer).await,
                 Err(e) => debug!(%peer, error = %e, "dqlite node not reachable"),
             }
