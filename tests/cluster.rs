@@ -37,11 +37,7 @@ fn join(cp: &Node, joiner: &Node, extra: &[&str]) {
 }
 
 fn status(node: &Node) -> Option<Value> {
-    let out = cli(node, &["status", "--format", "json"]);
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
+    node.status_json()
 }
 
 /// `(address, role, reachable)` of every member, sorted.
@@ -430,18 +426,9 @@ fn external_datastore_status_reads_the_live_cluster() {
         &["--datastore", "external", "--service-manager", "none"],
     );
     ext.wait_healthy();
-    let out = run_cli(
-        &[
-            "--state-dir",
-            ext.state.to_str().unwrap(),
-            "status",
-            "--format",
-            "json",
-        ],
-        &[],
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = ext
+        .status_json()
+        .expect("status of the external-datastore node");
     assert_eq!(
         members(&s),
         vec![(dqlite_addr(&host), "voter".to_string(), true)],

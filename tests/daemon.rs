@@ -130,18 +130,7 @@ fn dqlite_network_latency_is_configurable() {
         "{}",
         node.log_text()
     );
-    let out = run_cli(
-        &[
-            "--state-dir",
-            node.state.to_str().unwrap(),
-            "status",
-            "--format",
-            "json",
-        ],
-        &[],
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status = node.status_json().expect("status");
     assert_eq!(
         status["members"].as_array().map(Vec::len),
         Some(1),

@@ -166,6 +166,24 @@ impl Node {
         (status, start.elapsed())
     }
 
+    /// `status --format json` through this node's control socket; `None` if it fails.
+    pub fn status_json(&self) -> Option<serde_json::Value> {
+        let out = run_cli(
+            &[
+                "--state-dir",
+                self.state.to_str()?,
+                "status",
+                "--format",
+                "json",
+            ],
+            &[],
+        );
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
