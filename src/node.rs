@@ -20,6 +20,9 @@ pub struct NodeSettings {
     pub env: Environment,
     /// k8s-dqlite hosts the member (inside the snap); the agent only talks to it.
     pub external_datastore: bool,
+    /// The roles manager's settings (`--voters`, `--standbys`, probes): `leave` hands over
+    /// with the same ones.
+    pub roles: crate::daemon::roles::RolesConfig,
 }
 
 #[derive(Clone)]

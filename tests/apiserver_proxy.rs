@@ -324,7 +324,10 @@ fn silent_upstream_host_never_fails_a_new_connection() {
         return;
     }
     let rt = runtime();
-    let link = common::netns::Link::new(None).unwrap();
+    let link = match common::netns::Link::new(None) {
+        Ok(link) => link,
+        Err(e) => return eprintln!("skipped: no network namespace here ({e})"),
+    };
     let far = EchoUpstream::start_on(&rt, link.listen(), "far");
     let near = EchoUpstream::start(&rt, unique_loopback().into(), "near");
     let addrs = [far.address(), near.address()];

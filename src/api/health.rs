@@ -29,6 +29,7 @@ mod tests {
                 capi_token_file: "/nonexistent/capi".into(),
                 env: Default::default(),
                 external_datastore: false,
+                roles: Default::default(),
             },
         );
         let limiter = crate::ratelimit::RateLimiter::new(10, Duration::from_secs(60));

@@ -191,6 +191,7 @@ impl Daemon {
                 capi_token_file: config.capi_token_file.clone(),
                 env: config.env.clone(),
                 external_datastore: config.datastore == DatastoreMode::External,
+                roles: config.roles.clone(),
             },
         );
         node.membership = membership;

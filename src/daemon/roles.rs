@@ -204,6 +204,13 @@ pub async fn handover(
         if me.role == Role::Spare {
             return Ok(Handover::NotNeeded);
         }
+        // One probe round for the whole handover: each round can cost a full probe timeout
+        // when a host is down, and stopping has a budget of a few seconds.
+        let probed = snapshot(client, &nodes, cfg).await;
+        let alive: std::collections::BTreeMap<u64, bool> = probed
+            .iter()
+            .map(|v| (v.id, v.alive && v.id != own_id))
+            .collect();
         let leader = client.leader().await.map_err(|e| e.to_string())?;
         if leader.id == own_id {
             if !nodes
@@ -214,8 +221,7 @@ pub async fn handover(
             }
             // To a voter that answers: raft may otherwise pick one that is down, and the
             // cluster then waits out an election.
-            let views = snapshot(client, &nodes, cfg).await;
-            let successor = views
+            let successor = probed
                 .iter()
                 .filter(|v| v.id != own_id && v.role == Role::Voter && v.alive)
                 .min_by_key(|v| (v.weight, v.id))
@@ -227,15 +233,25 @@ pub async fn handover(
             .map_err(|e| format!("transfer leadership: {e}"))?;
         }
         let leader = client.leader().await.map_err(|e| e.to_string())?;
-        let without_me = |mut views: Vec<MemberView>| {
-            for v in views.iter_mut().filter(|v| v.id == own_id) {
-                v.alive = false;
-                v.caught_up = false;
-            }
-            views
+        // The cluster as it will be without this member: its current roles, the liveness
+        // probed above, this member counted as gone.
+        let without_me = |now: &[NodeInfo]| -> Vec<MemberView> {
+            now.iter()
+                .map(|n| {
+                    let probe = probed.iter().find(|v| v.id == n.id);
+                    let alive = alive.get(&n.id).copied().unwrap_or(false);
+                    MemberView {
+                        id: n.id,
+                        role: n.role,
+                        failure_domain: probe.map_or(0, |v| v.failure_domain),
+                        weight: probe.map_or(u64::MAX, |v| v.weight),
+                        alive,
+                        caught_up: alive,
+                    }
+                })
+                .collect()
         };
-        let views = without_me(snapshot(client, &nodes, cfg).await);
-        for change in plan(&views, leader.id, cfg.targets) {
+        for change in plan(&without_me(&nodes), leader.id, cfg.targets) {
             if change.id != own_id {
                 client
                     .assign(change.id, change.role)
@@ -244,15 +260,16 @@ pub async fn handover(
             }
         }
         let now = client.cluster().await.map_err(|e| e.to_string())?;
-        let views = without_me(snapshot(client, &now, cfg).await);
         let stepped_down = apply(
-            &views,
+            &without_me(&now),
             &[Change {
                 id: own_id,
                 role: Role::Spare,
             }],
         );
-        if !has_quorum(&stepped_down) {
+        // A stand-by's role never counts towards quorum: it always steps down.
+        let was_voter = now.iter().any(|n| n.id == own_id && n.role == Role::Voter);
+        if was_voter && !has_quorum(&stepped_down) {
             let voters: Vec<&MemberView> = stepped_down
                 .iter()
                 .filter(|v| v.role == Role::Voter)

@@ -474,7 +474,9 @@ pub async fn join_v1(
     let node = node.clone();
     blocking(move || {
         let state = &node.state;
-        // Read everything that can fail first: a refused join consumes nothing.
+        // Read everything that can fail first, so a join refused on its inputs keeps its
+        // token. (Token mode's API server restart comes after the grant, as in MicroK8s: a
+        // failed restart is reported but the token is spent.)
         let ca = state.read_string(&state.layout().ca_crt())?;
         let mut kubelet_args = state
             .read_optional(&state.layout().args("kubelet"))?

@@ -56,7 +56,7 @@ async fn leave_control_plane(node: &Node) -> Result<LeaveResponse, OpError> {
         return Err(OpError::exit(EXIT_ONLY_VOTER, ONLY_VOTER));
     }
     let mut messages = Vec::new();
-    let cfg = crate::daemon::roles::RolesConfig::default();
+    let cfg = node.settings.roles.clone();
     match crate::daemon::roles::handover(&live.client, live.own_id, &cfg, Duration::from_secs(20))
         .await
     {

@@ -49,21 +49,37 @@ fn run(program: &str, args: &[&str]) -> Result<(), LinkError> {
 
 impl Link {
     /// A new link; `rate` (a tc rate such as "10gbit") shapes both directions.
-    /// Names and the 10.x/30 subnet come from the process id and a counter, so concurrent
-    /// test binaries do not collide.
+    /// Addresses are /30s in 198.18.0.0/15 (RFC 2544, benchmarking: never a real network),
+    /// one /24 per process id (modulo 512) and one /30 per link; a /24 that is already
+    /// routed here (another run) is refused rather than shared.
     pub fn new(rate: Option<&str>) -> Result<Link, LinkError> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id() % 100_000;
-        let (b, c) = ((n / 64) as u8, ((n % 64) * 4) as u8);
-        let a = 100 + (std::process::id() % 150) as u8;
+        if n >= 64 {
+            return Err(LinkError("at most 64 links per process".into()));
+        }
+        let pid = std::process::id();
+        let slot = pid % 512;
+        let (b, c, d) = (18 + (slot / 256) as u8, (slot % 256) as u8, (n * 4) as u8);
+        let pid = pid % 100_000;
         let link = Link {
             netns: format!("ca-test-{pid}-{n}"),
             host_if: format!("ca{pid}h{n}"),
             peer_if: format!("ca{pid}p{n}"),
-            host_ip: Ipv4Addr::new(10, a, b, c + 1),
-            peer_ip: Ipv4Addr::new(10, a, b, c + 2),
+            host_ip: Ipv4Addr::new(198, b, c, d + 1),
+            peer_ip: Ipv4Addr::new(198, b, c, d + 2),
         };
+        if n == 0 {
+            let routes = Command::new("ip")
+                .args(["-4", "route", "show", "root", &format!("198.{b}.{c}.0/24")])
+                .output()
+                .map_err(|e| LinkError(format!("ip: {e}")))?;
+            if !routes.stdout.is_empty() {
+                return Err(LinkError(format!(
+                    "198.{b}.{c}.0/24 is already in use on this machine"
+                )));
+            }
+        }
         run("ip", &["netns", "add", &link.netns])?;
         // From here on, Drop removes whatever was made.
         let (ns, host, peer) = (
