@@ -129,9 +129,16 @@ pub fn csr_subject(pem: &str) -> Result<Subject, String> {
 }
 
 /// What the subject alternative names of a CSR allow: `Ok(true)` for a kubelet's serving
-/// certificate (DNS names equal to its node name, any IP addresses), `Ok(false)` for a
-/// client-only certificate (no SANs at all: kube-proxy, v1 client certificates).
-pub fn check_sans(allowed: Allowed, common_name: &str, csr_pem: &str) -> Result<bool, String> {
+/// certificate (DNS names equal to its node name; IP addresses that are not unspecified,
+/// multicast or one of `reserved`, the control planes' addresses, so a worker
+/// cannot obtain a certificate that passes for an API server), `Ok(false)` for a client-only
+/// certificate (no SANs at all: kube-proxy, v1 client certificates).
+pub fn check_sans(
+    allowed: Allowed,
+    common_name: &str,
+    csr_pem: &str,
+    reserved: &[std::net::IpAddr],
+) -> Result<bool, String> {
     let params = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
         .map_err(|e| format!("the certificate signing request cannot be parsed: {e}"))?;
     let sans = &params.params.subject_alt_names;
@@ -140,11 +147,14 @@ pub fn check_sans(allowed: Allowed, common_name: &str, csr_pem: &str) -> Result<
             let node_name = common_name.strip_prefix("system:node:").unwrap_or_default();
             for san in sans {
                 match san {
-                    rcgen::SanType::IpAddress(_) => {}
+                    rcgen::SanType::IpAddress(ip)
+                        if !ip.is_unspecified()
+                            && !ip.is_multicast()
+                            && !reserved.contains(ip) => {}
                     rcgen::SanType::DnsName(name) if name.as_str() == node_name => {}
                     other => {
                         return Err(format!(
-                            "Certificate request refused: a kubelet certificate may name only its node ({node_name}) and IP addresses, not {other:?}"
+                            "Certificate request refused: a kubelet certificate may name only its node ({node_name}) and its own IP addresses, not {other:?}"
                         ))
                     }
                 }
@@ -159,6 +169,20 @@ pub fn check_sans(allowed: Allowed, common_name: &str, csr_pem: &str) -> Result<
 }
 
 pub async fn sign_cert(node: &Node, req: SignCertRequest) -> Result<SignCertResponse, OpError> {
+    // The control planes' addresses, which no kubelet certificate may carry. Failing closed:
+    // without them the request cannot be checked.
+    let reserved: Vec<std::net::IpAddr> = node
+        .datastore()
+        .members()
+        .await
+        .map_err(|e| {
+            OpError::Refused(format!(
+                "Failed to sign certificate: cannot read the cluster members to check the request: {e}"
+            ))
+        })?
+        .iter()
+        .filter_map(|m| crate::datastore::host_of(&m.address).parse().ok())
+        .collect();
     let node = node.clone();
     blocking(move || {
         if !node.tokens.check_cert_request_token(&req.token)? {
@@ -168,7 +192,8 @@ pub async fn sign_cert(node: &Node, req: SignCertRequest) -> Result<SignCertResp
         let allowed = allowed_for(&req.token);
         check_subject(allowed, &subject).map_err(OpError::Forbidden)?;
         let common_name = subject.common_names.first().map_or("", String::as_str);
-        let server = check_sans(allowed, common_name, &req.request).map_err(OpError::Forbidden)?;
+        let server = check_sans(allowed, common_name, &req.request, &reserved)
+            .map_err(OpError::Forbidden)?;
         let layout = node.state.layout();
         let ca_pem = node.state.read_string(&layout.ca_crt())?;
         let key_pem = node.state.read_string(&layout.ca_key())?;
@@ -306,18 +331,21 @@ mod tests {
     fn subject_alternative_names_follow_the_token() {
         use Allowed::*;
         let kubelet = "system:node:w1";
+        let control_plane: Vec<std::net::IpAddr> = vec!["10.0.0.1".parse().unwrap()];
+        let sans = |allowed, cn, csr: &str| check_sans(allowed, cn, csr, &control_plane);
+        for ip in ["10.0.0.1", "0.0.0.0", "224.0.0.1"] {
+            let foreign = csr_for(kubelet, &["w1"], &[ip]);
+            assert!(sans(Kubelet, kubelet, &foreign).is_err(), "{ip}");
+        }
         let good = csr_for(kubelet, &["w1"], &["10.0.0.9", "fd00::9"]);
-        assert_eq!(check_sans(Kubelet, kubelet, &good), Ok(true));
+        assert_eq!(sans(Kubelet, kubelet, &good), Ok(true));
         let api = csr_for(kubelet, &["w1", "kubernetes.default.svc"], &[]);
-        assert!(check_sans(Kubelet, kubelet, &api).is_err());
+        assert!(sans(Kubelet, kubelet, &api).is_err());
         let plain = csr_for("system:kube-proxy", &[], &[]);
-        assert_eq!(
-            check_sans(KubeProxy, "system:kube-proxy", &plain),
-            Ok(false)
-        );
+        assert_eq!(sans(KubeProxy, "system:kube-proxy", &plain), Ok(false));
         let named = csr_for("system:kube-proxy", &[], &["10.152.183.1"]);
-        assert!(check_sans(KubeProxy, "system:kube-proxy", &named).is_err());
-        assert!(check_sans(Other, "flanneld", &named).is_err());
+        assert!(sans(KubeProxy, "system:kube-proxy", &named).is_err());
+        assert!(sans(Other, "flanneld", &named).is_err());
 
         // A client-only certificate cannot serve TLS.
         let ca = crate::pki::Authority::generate("ca").unwrap();
