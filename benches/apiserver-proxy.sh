@@ -3,4 +3,4 @@
 # Builds the release binary (bench profile) and prints the figures; see benches/apiserver_proxy.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec cargo bench --locked --bench apiserver_proxy "$@"
+exec cargo bench --locked --bench apiserver_proxy -- "$@"
