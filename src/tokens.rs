@@ -311,14 +311,15 @@ impl TokenStore {
         if token.is_empty() {
             return Ok(false);
         }
-        // Read-only: a rejected request must not create the file.
+        // Read-only: a rejected request must not create the file. Any line counts, as in
+        // MicroK8s (every line is compared, in constant time).
         let _g = self.guard()?;
         let existing = self.read(CALLBACK_TOKEN)?;
         Ok(existing
             .lines()
             .map(str::trim)
-            .find(|l| !l.is_empty())
-            .is_some_and(|own| secret_eq(own, token)))
+            .filter(|l| !l.is_empty())
+            .fold(false, |found, own| secret_eq(own, token) | found))
     }
 
     /// Drops the `callback-tokens.txt` lines of hosts for which `is_gone(host)` holds.
@@ -558,6 +559,11 @@ mod tests {
         assert!(s.check_callback_token(&t).unwrap());
         assert!(!s.check_callback_token(" ").unwrap());
         assert!(!s.check_callback_token("nope").unwrap());
+        // A second line (written by another tool) is accepted too, as MicroK8s does.
+        s.write(CALLBACK_TOKEN, &format!("{t}\nsecond-callback-token\n"))
+            .unwrap();
+        assert!(s.check_callback_token("second-callback-token").unwrap());
+        assert!(s.check_callback_token(&t).unwrap());
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join("credentials/callback-token.txt"))
             .unwrap()

@@ -197,6 +197,9 @@ async fn install(
         .await
         .map_err(fail)?;
     let client = std::sync::Arc::new(membership.client(answer.voters.clone()).map_err(fail)?);
+    // Recorded before the ADD: one that was applied but whose answer was lost must be undone
+    // too (removing a member that was never added only fails, harmlessly).
+    progress.added = Some((client.clone(), live.own_id));
     client
         .add(live.own_id, &live.own_address, Role::Spare)
         .await
@@ -206,7 +209,6 @@ async fn install(
                 live.own_address
             ))
         })?;
-    progress.added = Some((client.clone(), live.own_id));
     let deadline = tokio::time::Instant::now() + MEMBER_WAIT;
     loop {
         if let Ok(nodes) = client.cluster().await {
