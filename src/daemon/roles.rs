@@ -207,10 +207,6 @@ pub async fn handover(
         // One probe round for the whole handover: each round can cost a full probe timeout
         // when a host is down, and stopping has a budget of a few seconds.
         let probed = snapshot(client, &nodes, cfg).await;
-        let alive: std::collections::BTreeMap<u64, bool> = probed
-            .iter()
-            .map(|v| (v.id, v.alive && v.id != own_id))
-            .collect();
         let leader = client.leader().await.map_err(|e| e.to_string())?;
         if leader.id == own_id {
             if !nodes
@@ -239,7 +235,7 @@ pub async fn handover(
             now.iter()
                 .map(|n| {
                     let probe = probed.iter().find(|v| v.id == n.id);
-                    let alive = alive.get(&n.id).copied().unwrap_or(false);
+                    let alive = n.id != own_id && probe.is_some_and(|v| v.alive);
                     MemberView {
                         id: n.id,
                         role: n.role,

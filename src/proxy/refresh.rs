@@ -174,14 +174,13 @@ impl ApiClient {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.map_err(|e| error_chain(&e))?;
+        let mut response = request.send().await.map_err(|e| error_chain(&e))?;
         let status = response.status();
         if !status.is_success() {
             return Err(format!("HTTP {status}"));
         }
         // Bounded: an endpoints list is kilobytes; a misbehaving server must not make the
         // proxy buffer without limit.
-        let mut response = response;
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
             if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
