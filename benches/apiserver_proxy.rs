@@ -277,7 +277,7 @@ fn start_agent_proxy(options: &Options, listen: SocketAddr, upstreams: &[SocketA
     let servers: Vec<String> = upstreams.iter().map(|u| u.to_string()).collect();
     std::fs::write(
         &provider,
-        cluster_agent::proxy::config::render_provider(&servers),
+        cluster_agent::format::traefik::render_provider(&servers),
     )
     .unwrap();
     let traefik = dir.path().join("traefik.yaml");

@@ -1,28 +1,49 @@
 //! cluster-agent: the node-join agent of a MicroK8s-style cluster. See docs/ARCHITECTURE.md.
+//!
+//! The source tree is layered. Each folder is a layer and uses only the layers listed before
+//! it (siblings on one line never use each other); `tests/layers.rs` fails on any other
+//! edge. When lower code needs something from above, that thing moves down.
+//!
+//! ```text
+//! util                 addresses, hex, Go durations, error text, secrets
+//! format               args files, kubeconfig, join strings, traefik files, :25000 wire types
+//! pki                  CA, leaves, fingerprints, rustls configurations
+//! state                the state directory: the only user of std::fs
+//! sys                  service manager, command runner, host identity, clock, resolver
+//! dqlite               wire codec, client, embedded member, membership
+//! clients              pinned peer client, Kubernetes API client
+//! cluster              node, datastore, tokens, bootstrap, roles, calico
+//! grant | local        what :25000 grants | what the CLI asks of its node
+//! api | control        the :25000 HTTP face | the control socket
+//! proxy                the worker's apiserver-proxy
+//! daemon               wiring
+//! cli                  the command line and the exit-code table
+//! ```
+
+pub mod util;
+
+pub mod format;
+
+pub mod pki;
+
+pub mod state;
+
+pub mod sys;
+
+pub mod dqlite;
+
+pub mod clients;
+
+pub mod cluster;
+
+pub mod grant;
+pub mod local;
 
 pub mod api;
-pub mod args;
-pub mod audit;
-pub mod bootstrap;
-pub mod cli;
-pub mod client;
-pub mod connection;
-pub mod daemon;
-pub mod datastore;
-pub mod dqlite;
-pub mod errtext;
-pub mod goduration;
-pub mod kubeconfig;
-pub mod membership;
-pub mod metrics;
-pub mod net;
-pub mod node;
-pub mod ops;
-pub mod pki;
+pub mod control;
+
 pub mod proxy;
-pub mod ratelimit;
-pub mod roles;
-pub mod secret;
-pub mod services;
-pub mod state;
-pub mod tokens;
+
+pub mod daemon;
+
+pub mod cli;

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!(
                 "Error: {}",
-                cluster_agent::errtext::error_chain(err.as_ref())
+                cluster_agent::util::errtext::error_chain(err.as_ref())
             );
             ExitCode::from(cli::exit_code(&err))
         }

@@ -937,9 +937,10 @@ fn add_node_output_shapes() {
     let tok = v["token"].as_str().unwrap();
     assert!(tok.ends_with(&format!("/{check}")));
     assert_eq!(v["urls"][0], format!("{bind}/{tok}"));
-    let conn = cluster_agent::connection::parse(v["token_string"].as_str().unwrap()).unwrap();
+    let conn =
+        cluster_agent::format::connection::parse(v["token_string"].as_str().unwrap()).unwrap();
     match conn {
-        cluster_agent::connection::Connection::Token(t) => {
+        cluster_agent::format::connection::Connection::Token(t) => {
             assert_eq!(t.addresses, vec![bind.clone()]);
             let ca = std::fs::read_to_string(api.node.state.join("certs/ca.crt")).unwrap();
             assert_eq!(

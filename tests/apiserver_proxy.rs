@@ -438,7 +438,7 @@ fn provider_file_changes_are_applied_when_watched() {
 
 #[test]
 fn ipv6_loopback_upstream_through_the_library_entry_point() {
-    use cluster_agent::proxy::config::Upstream;
+    use cluster_agent::format::traefik::Upstream;
     use cluster_agent::proxy::{Proxy, ProxyConfig, Settings};
 
     let rt = runtime();
@@ -644,7 +644,7 @@ impl Pki {
 
     /// A server config that requires a client certificate signed by the CA.
     fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        let provider = cluster_agent::daemon::tls::provider();
+        let provider = cluster_agent::pki::tls::provider();
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(CertificateDer::from_pem_slice(self.ca.cert_pem().as_bytes()).unwrap())
@@ -670,7 +670,7 @@ impl Pki {
     }
 
     fn write_kubeconfig(&self, path: &Path, server: &str) {
-        let k = cluster_agent::kubeconfig::Kubeconfig::with_client_cert(
+        let k = cluster_agent::format::kubeconfig::Kubeconfig::with_client_cert(
             server,
             self.ca.cert_pem(),
             "kubelet",
@@ -751,7 +751,7 @@ fn start_fake_api(rt: &Runtime, ip: Ipv4Addr, name: &str, pki: &Pki, state: Shar
         .route("/whoami", get(move || async move { name }))
         .with_state(state);
     let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config());
-    rt.spawn(cluster_agent::daemon::https::serve(
+    rt.spawn(cluster_agent::api::https::serve(
         listener,
         acceptor,
         app,

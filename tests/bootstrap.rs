@@ -6,10 +6,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use cluster_agent::bootstrap::{bootstrap, BootstrapOptions};
-use cluster_agent::kubeconfig::Kubeconfig;
-use cluster_agent::net::HostIdentity;
+use cluster_agent::cluster::bootstrap::{bootstrap, BootstrapOptions};
+use cluster_agent::format::kubeconfig::Kubeconfig;
 use cluster_agent::state::StateDir;
+use cluster_agent::sys::host::HostIdentity;
 
 fn host() -> HostIdentity {
     HostIdentity {

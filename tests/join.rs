@@ -129,7 +129,7 @@ fn worker_join_then_leave_then_rejoin_with_the_token_string() {
         &own_ca,
         &worker.state.join("certs/server.crt")
     ));
-    let creds = cluster_agent::kubeconfig::Kubeconfig::parse(
+    let creds = cluster_agent::format::kubeconfig::Kubeconfig::parse(
         &std::fs::read_to_string(worker.state.join("credentials/kubelet.config")).unwrap(),
     )
     .unwrap()
@@ -436,11 +436,13 @@ fn serve_tls(
     app: axum::Router,
 ) {
     let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).unwrap();
-    let serving = cluster_agent::daemon::tls::ServingCert::load(crt, key, None).unwrap();
-    let tls =
-        cluster_agent::daemon::tls::server_config(serving, cluster_agent::daemon::MinTls::Tls12)
-            .unwrap();
-    rt.spawn(cluster_agent::daemon::https::serve(
+    let serving = cluster_agent::cluster::serving::Serving::load(crt, key, None).unwrap();
+    let tls = cluster_agent::pki::tls::server_config(
+        serving.resolver(),
+        cluster_agent::pki::tls::MinTls::Tls12,
+    )
+    .unwrap();
+    rt.spawn(cluster_agent::api::https::serve(
         listener,
         tokio_rustls::TlsAcceptor::from(tls),
         app,

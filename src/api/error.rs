@@ -6,7 +6,8 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::ops::OpError;
+use crate::format::wire::ErrorBody;
+use crate::grant::GrantError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -17,7 +18,7 @@ pub enum ApiError {
     #[error("Request body too large (limit {0} bytes)")]
     PayloadTooLarge(usize),
     #[error(transparent)]
-    Op(#[from] OpError),
+    Grant(#[from] GrantError),
 }
 
 impl ApiError {
@@ -26,19 +27,18 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Op(op) => match op {
-                OpError::BadRequest(_) | OpError::HostnameMismatch { .. } => {
+            ApiError::Grant(refusal) => match refusal {
+                GrantError::BadRequest(_) | GrantError::HostnameMismatch { .. } => {
                     StatusCode::BAD_REQUEST
                 }
-                OpError::InvalidToken | OpError::Refused(_) | OpError::Internal(_) => {
+                GrantError::InvalidToken | GrantError::Refused(_) | GrantError::Internal(_) => {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
-                OpError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-                OpError::Forbidden(_) => StatusCode::FORBIDDEN,
-                OpError::NotHa => StatusCode::NOT_IMPLEMENTED,
-                OpError::PortMismatch(_) => StatusCode::BAD_GATEWAY,
-                OpError::SameIp(_) => StatusCode::SERVICE_UNAVAILABLE,
-                OpError::Exit { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                GrantError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+                GrantError::Forbidden(_) => StatusCode::FORBIDDEN,
+                GrantError::NotHa => StatusCode::NOT_IMPLEMENTED,
+                GrantError::PortMismatch(_) => StatusCode::BAD_GATEWAY,
+                GrantError::SameIp(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
         }
     }
@@ -49,11 +49,11 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::TooManyRequests => "rate_limited",
             ApiError::PayloadTooLarge(_) => "too_large",
-            ApiError::Op(op) => match op {
-                OpError::BadRequest(_) => "bad_request",
-                OpError::InvalidToken | OpError::Unauthorized(_) => "invalid_token",
-                OpError::Forbidden(_) => "forbidden",
-                OpError::Internal(_) => "error",
+            ApiError::Grant(refusal) => match refusal {
+                GrantError::BadRequest(_) => "bad_request",
+                GrantError::InvalidToken | GrantError::Unauthorized(_) => "invalid_token",
+                GrantError::Forbidden(_) => "forbidden",
+                GrantError::Internal(_) => "error",
                 _ => "refused",
             },
         }
@@ -63,26 +63,20 @@ impl ApiError {
     pub fn is_auth_failure(&self) -> bool {
         matches!(
             self,
-            ApiError::Op(OpError::InvalidToken) | ApiError::Op(OpError::Unauthorized(_))
+            ApiError::Grant(GrantError::InvalidToken | GrantError::Unauthorized(_))
         )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let message = match &self {
-            ApiError::Op(OpError::Internal(detail)) => {
+        let error = match &self {
+            ApiError::Grant(GrantError::Internal(detail)) => {
                 tracing::error!(%detail, "request failed");
                 "Internal error; see the cluster-agent log".to_string()
             }
             other => other.to_string(),
         };
-        let body = match &self {
-            ApiError::Op(OpError::Exit { code, .. }) => {
-                serde_json::json!({ "error": message, "exit_code": code })
-            }
-            _ => serde_json::json!({ "error": message }),
-        };
-        (self.status(), axum::Json(body)).into_response()
+        (self.status(), axum::Json(ErrorBody { error })).into_response()
     }
 }

@@ -10,30 +10,19 @@ pub async fn health() -> Json<Value> {
 #[cfg(test)]
 mod tests {
     use crate::api::{router, AppState};
-    use crate::services::NoServices;
-    use crate::state::StateDir;
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use http_body_util::BodyExt;
-    use std::sync::Arc;
     use std::time::Duration;
     use tower::ServiceExt;
 
     fn app() -> axum::Router {
-        let state = StateDir::new("/nonexistent");
-        let node = crate::node::Node::new(
-            state,
-            Arc::new(NoServices),
-            crate::node::NodeSettings {
-                bind: "127.0.0.1:25000".parse().unwrap(),
-                capi_token_file: "/nonexistent/capi".into(),
-                env: Default::default(),
-                external_datastore: false,
-                roles: Default::default(),
-            },
-        );
-        let limiter = crate::ratelimit::RateLimiter::new(10, Duration::from_secs(60));
-        router(AppState::new(node, limiter), Duration::from_secs(5))
+        let (node, _) = crate::cluster::node::Node::for_test(std::path::Path::new("/nonexistent"));
+        let limiter = crate::api::ratelimit::RateLimiter::new(10, Duration::from_secs(60));
+        router(
+            AppState::new(node, limiter, Default::default()),
+            Duration::from_secs(5),
+        )
     }
 
     async fn call(method: &str, uri: &str) -> (StatusCode, String) {

@@ -8,13 +8,15 @@
 //!   known path answers 404 with an empty body (405 for `v2.0/dqlite/remove`), as MicroK8s.
 //! - Every request with a token goes through [`guard`]: rate limit, audit entry, metrics.
 
+pub mod audit;
 pub mod error;
+pub mod guard;
 pub mod health;
+pub mod https;
+pub mod ratelimit;
 pub mod v1;
 pub mod v2;
 
-use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,12 +27,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 
-use crate::audit::{AuditEntry, AuditLog};
-use crate::metrics::Metrics;
-use crate::node::Node;
-use crate::ratelimit::RateLimiter;
+use audit::AuditLog;
+use ratelimit::RateLimiter;
+
+use crate::cluster::metrics::Metrics;
+use crate::cluster::node::Node;
 
 pub use error::ApiError;
+pub use guard::guard;
 
 /// Largest request body accepted on any route but image import (join requests are a few
 /// hundred bytes).
@@ -46,13 +50,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(node: Node, limiter: RateLimiter) -> Self {
-        let audit = AuditLog::new(node.state.layout().audit_log());
+    pub fn new(node: Node, limiter: RateLimiter, metrics: Arc<Metrics>) -> Self {
+        let audit = AuditLog::new(node.state().layout().audit_log());
         AppState {
             node,
             limiter: Arc::new(limiter),
             audit: Arc::new(audit),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
         }
     }
 }
@@ -120,69 +124,6 @@ pub async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
-/// Runs an authenticated operation with the rate limit, the audit log and metrics around it.
-pub async fn guard<T, F>(
-    app: &AppState,
-    peer: SocketAddr,
-    route: &'static str,
-    token: Option<&str>,
-    op: F,
-) -> Result<T, ApiError>
-where
-    F: Future<Output = Result<T, ApiError>>,
-{
-    let ip = canonical_ip(peer.ip());
-    let now = Instant::now();
-    let result = if app.limiter.is_blocked(ip, now) {
-        Err(ApiError::TooManyRequests)
-    } else {
-        op.await
-    };
-    let (label, status) = match &result {
-        Ok(_) => ("granted", 200),
-        Err(e) => (e.result_label(), e.status().as_u16()),
-    };
-    if let Err(e) = &result {
-        if e.is_auth_failure() {
-            if app.limiter.record_failure(ip, now) {
-                tracing::warn!(source = %ip, route, "too many failed attempts; rate limiting this source");
-            } else {
-                tracing::debug!(source = %ip, route, "authentication failed");
-            }
-        }
-    }
-    if route.ends_with("/join") {
-        app.metrics.join_attempt(label);
-    }
-    if result.is_ok() && token.is_some() {
-        app.metrics.token_consumed();
-    }
-    // A blocked source is not looking at tokens any more; recording each of its attempts
-    // would let it grow the audit log at will.
-    if matches!(result, Err(ApiError::TooManyRequests)) {
-        return result;
-    }
-    app.audit.record(&AuditEntry {
-        time: crate::audit::now_rfc3339(),
-        source: ip,
-        route,
-        token_id: token
-            .filter(|t| !t.trim().is_empty())
-            .map(crate::tokens::token_id),
-        result: label,
-        status,
-    });
-    result
-}
-
-/// IPv4-mapped IPv6 peers (dual-stack listeners) are treated as their IPv4 address.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
-
 /// The body, or a JSON 413 when over the limit.
 pub fn body_bytes(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
@@ -191,7 +132,7 @@ pub fn body_bytes(
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(MAX_BODY_BYTES)
         } else {
-            ApiError::Op(crate::ops::OpError::BadRequest(e.body_text()))
+            ApiError::Grant(crate::grant::GrantError::BadRequest(e.body_text()))
         }
     })
 }

@@ -10,9 +10,11 @@ use axum::routing::{post, MethodRouter};
 use axum::Json;
 
 use super::{body_bytes, empty_not_found, guard, ApiError, AppState};
-use crate::ops::callbacks::{self, ConfigureRequest, ResultOk, UpgradeRequest};
-use crate::ops::join::{self, JoinRequest, JoinResponseV1};
-use crate::ops::sign_cert::{self, SignCertRequest, SignCertResponse};
+use crate::format::wire::{
+    ConfigureRequest, JoinRequest, JoinResponseV1, ResultOk, SignCertRequest, SignCertResponse,
+    UpgradeRequest,
+};
+use crate::grant::{callbacks, join, sign_cert, GrantError};
 
 pub fn join_route() -> MethodRouter<AppState> {
     post(join).fallback(empty_not_found)
@@ -33,7 +35,7 @@ async fn join(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<JoinResponseV1>, ApiError> {
-    let req = JoinRequest::decode(&body_bytes(body)?)?;
+    let req = JoinRequest::decode(&body_bytes(body)?).map_err(GrantError::from)?;
     let token = req.token.clone();
     let origin = super::v2::origin(peer, &headers);
     guard(&app, peer, "/cluster/api/v1.0/join", Some(&token), async {
@@ -48,7 +50,7 @@ async fn sign_cert(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SignCertResponse>, ApiError> {
-    let req = SignCertRequest::decode(&body_bytes(body)?)?;
+    let req = SignCertRequest::decode(&body_bytes(body)?).map_err(GrantError::from)?;
     let token = req.token.clone();
     guard(
         &app,
@@ -66,7 +68,7 @@ async fn configure(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ResultOk>, ApiError> {
-    let req = ConfigureRequest::decode(&body_bytes(body)?)?;
+    let req = ConfigureRequest::decode(&body_bytes(body)?).map_err(GrantError::from)?;
     let token = req.callback.clone();
     guard(
         &app,
@@ -84,7 +86,7 @@ async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ResultOk>, ApiError> {
-    let req = UpgradeRequest::decode(&body_bytes(body)?)?;
+    let req = UpgradeRequest::decode(&body_bytes(body)?).map_err(GrantError::from)?;
     let token = req.callback.clone();
     guard(
         &app,

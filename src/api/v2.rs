@@ -1,7 +1,6 @@
 //! `/cluster/api/v2.0/*`: join, image/import, dqlite/remove.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -11,14 +10,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{post, MethodRouter};
 use axum::Json;
 use http_body_util::BodyExt;
-use tokio::io::AsyncWriteExt;
 
-use super::{
-    body_bytes, canonical_ip, empty_method_not_allowed, empty_not_found, guard, ApiError, AppState,
-};
-use crate::ops::callbacks::{self, DqliteRemoveRequest};
-use crate::ops::join::{self, JoinRequest, JoinResponseV2, Origin};
-use crate::ops::OpError;
+use super::{body_bytes, empty_method_not_allowed, empty_not_found, guard, ApiError, AppState};
+use crate::format::wire::{DqliteRemoveRequest, JoinRequest, JoinResponseV2};
+use crate::grant::join::{self, Origin};
+use crate::grant::{callbacks, GrantError};
+use crate::util::addr::{canonical_ip, host_of};
 
 pub fn join_route() -> MethodRouter<AppState> {
     post(join).fallback(empty_not_found)
@@ -38,7 +35,7 @@ pub fn origin(peer: SocketAddr, headers: &HeaderMap) -> Origin {
         .unwrap_or("");
     Origin {
         remote_ip: canonical_ip(peer.ip()),
-        host: crate::datastore::host_of(host).to_string(),
+        host: host_of(host).to_string(),
     }
 }
 
@@ -49,14 +46,14 @@ async fn join(
     uri: axum::http::Uri,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<JoinResponseV2>, ApiError> {
-    let req = JoinRequest::decode(&body_bytes(body)?)?;
+    let req = JoinRequest::decode(&body_bytes(body)?).map_err(GrantError::from)?;
     let token = req.token.clone();
     let mut origin = origin(peer, &headers);
     if origin.host.is_empty() {
         // HTTP/2 carries the host in :authority.
         origin.host = uri
             .authority()
-            .map(|a| crate::datastore::host_of(a.as_str()).to_string())
+            .map(|a| host_of(a.as_str()).to_string())
             .unwrap_or_default();
     }
     guard(&app, peer, "/cluster/api/v2.0/join", Some(&token), async {
@@ -72,7 +69,7 @@ async fn dqlite_remove(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<()>, ApiError> {
-    let req = DqliteRemoveRequest::decode(&body_bytes(body)?)?;
+    let req = DqliteRemoveRequest::decode(&body_bytes(body)?).map_err(GrantError::from)?;
     let token = headers
         .get("capi-auth-token")
         .and_then(|v| v.to_str().ok())
@@ -107,47 +104,28 @@ async fn image_import(
         token.as_deref(),
         async {
             callbacks::check_image_import_token(&app.node, token.as_deref())?;
-            let argv = callbacks::ctr_import_argv(&app.node)?;
-            import_with(&argv, body).await?;
+            let (chunks, input) = tokio::sync::mpsc::channel(4);
+            // The body flows to the command as it arrives; when the command stops reading,
+            // the channel closes and so does the upload.
+            tokio::spawn(async move {
+                let mut body = body;
+                while let Some(frame) = body.frame().await {
+                    let chunk = match frame {
+                        Ok(frame) => match frame.into_data() {
+                            Ok(data) => Ok(data.to_vec()),
+                            Err(_) => continue,
+                        },
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let failed = chunk.is_err();
+                    if chunks.send(chunk).await.is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            callbacks::import_image(&app.node, input).await?;
             Ok(Json(serde_json::json!({"status": "OK"})).into_response())
         },
     )
     .await
-}
-
-async fn import_with(argv: &[String], body: Body) -> Result<(), OpError> {
-    let fail = |e: String| OpError::Refused(format!("Failed to import the image: {e}"));
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| fail("empty command".into()))?;
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| fail(format!("microk8s.ctr command failed: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let mut body = body;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| fail(format!("reading the request body: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                if stdin.write_all(&data).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| fail(format!("microk8s.ctr command failed: {e}")))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(fail(format!(
-            "microk8s.ctr command failed: exit status {}",
-            status.code().unwrap_or(-1)
-        )))
-    }
 }

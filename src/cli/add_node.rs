@@ -5,11 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use crate::client::local::{LocalClient, LocalError};
-use crate::ops::add_node::{AddNodeRequest, AddNodeResponse};
+use crate::control::wire::{self, AddNodeRequest, AddNodeResponse};
+use crate::local::add_node::AddNodeError;
+use crate::local::error::Failed;
 use crate::state::{resolve_state_dir, Environment, StateDir};
-
-use super::{exit, Failure};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -23,6 +22,7 @@ pub enum Format {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(after_help = super::exit::ADD_NODE_HELP)]
 pub struct AddNodeArgs {
     /// Use this token (at least 32 characters) instead of a generated one.
     #[arg(long, short = 't')]
@@ -121,26 +121,19 @@ fn yaml_scalar(s: &str) -> String {
 
 pub fn run(args: AddNodeArgs, state_dir: Option<PathBuf>, env: Environment) -> anyhow::Result<()> {
     if let Some(t) = &args.token {
-        crate::tokens::check_new_token(t).map_err(|e| Failure {
-            code: exit::FAILURE,
-            message: e.to_string(),
-        })?;
+        crate::cluster::tokens::check_new_token(t)
+            .map_err(|e| Failed::from_refusal(&AddNodeError::from(e)))?;
     }
     let state = StateDir::new(resolve_state_dir(state_dir.as_deref(), &env));
     if state.has_marker("clustered.lock") {
-        return Err(Failure {
-            code: exit::FAILURE,
-            message: "This MicroK8s deployment is acting as a node in a cluster. Please use the microk8s add-node on the master.".into(),
-        }
-        .into());
+        return Err(Failed::from_refusal(&AddNodeError::OnWorker).into());
     }
-    let client = LocalClient::new(&state.layout().control_socket());
+    let client = crate::control::client::LocalClient::new(&state.layout().control_socket());
     let req = AddNodeRequest {
         token: args.token,
         ttl: (args.token_ttl != -1).then_some(args.token_ttl),
     };
-    let resp: AddNodeResponse = super::block_on(client.post("/v3/local/add-node", &req))?
-        .map_err(|e: LocalError| anyhow::Error::new(e))?;
+    let resp: AddNodeResponse = super::block_on(client.post(wire::ADD_NODE, &req))??;
     let join_cmd = if env.in_snap() {
         "microk8s join"
     } else {

@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use crate::daemon::parse_bind;
-use crate::goduration::parse_arg as duration;
 use crate::proxy::{Proxy, ProxyConfig, Settings};
 use crate::state::{resolve_state_dir, Environment};
+use crate::util::addr::parse_bind;
+use crate::util::goduration::parse_arg as duration;
 
 #[derive(Debug, Clone, Args)]
 pub struct ApiserverProxyArgs {
@@ -111,7 +111,7 @@ pub fn run(
     let runtime = super::server_runtime()?;
     runtime.block_on(async move {
         let proxy = Proxy::bind(config).await.context("proxy failed")?;
-        proxy.serve(crate::daemon::shutdown_signal()).await;
+        proxy.serve(crate::sys::signal::shutdown_signal()).await;
         Ok(())
     })
 }

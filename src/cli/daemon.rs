@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args};
 
-use crate::daemon::{parse_bind, DaemonConfig, DatastoreMode, MinTls};
-use crate::net::HostIdentity;
-use crate::services::ServiceManagerKind;
+use crate::daemon::{DaemonConfig, DatastoreMode, MinTls};
 use crate::state::{resolve_state_dir, Environment};
+use crate::sys::host::HostIdentity;
+use crate::sys::services::ServiceManagerKind;
+use crate::util::addr::parse_bind;
 
 #[derive(Debug, Clone, Args)]
 pub struct DaemonArgs {
@@ -43,7 +44,7 @@ pub struct DaemonArgs {
     pub launch_configurations_enable: bool,
 
     /// Accepted for MicroK8s compatibility (Go duration syntax).
-    #[arg(long, default_value = "5s", value_parser = crate::goduration::parse_arg)]
+    #[arg(long, default_value = "5s", value_parser = crate::util::goduration::parse_arg)]
     pub launch_configurations_interval: Duration,
 
     /// Address of the node's dqlite member (default: <node ip>:19001).
@@ -73,7 +74,7 @@ pub struct DaemonArgs {
     pub auth_failure_limit: usize,
 
     /// Window for --auth-failure-limit (Go duration syntax).
-    #[arg(long, default_value = "60s", value_parser = crate::goduration::parse_arg)]
+    #[arg(long, default_value = "60s", value_parser = crate::util::goduration::parse_arg)]
     pub auth_failure_window: Duration,
 
     /// Voters the roles manager keeps (odd).
@@ -85,7 +86,7 @@ pub struct DaemonArgs {
     pub standbys: u64,
 
     /// How often the roles manager probes members (Go duration syntax).
-    #[arg(long, default_value = "1s", value_parser = crate::goduration::parse_arg)]
+    #[arg(long, default_value = "1s", value_parser = crate::util::goduration::parse_arg)]
     pub probe_interval: Duration,
 
     /// Run the roles manager with --datastore external too (k8s-dqlite normally does it).
@@ -113,7 +114,10 @@ impl DaemonArgs {
                 ),
             ];
             let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            PathBuf::from(crate::args::expand_snap_vars(&p.to_string_lossy(), &vars))
+            PathBuf::from(crate::format::args::expand_snap_vars(
+                &p.to_string_lossy(),
+                &vars,
+            ))
         };
         let in_snap = env.in_snap();
         DaemonConfig {
@@ -148,8 +152,8 @@ impl DaemonArgs {
             auth_failure_window: self.auth_failure_window,
             capi_token_file: self.capi_token_file.clone(),
             env: env.clone(),
-            roles: crate::daemon::roles::RolesConfig {
-                targets: crate::roles::Targets {
+            roles: crate::cluster::roles::driver::RolesConfig {
+                targets: crate::cluster::roles::policy::Targets {
                     voters: self.voters as usize,
                     standbys: self.standbys as usize,
                 },
@@ -164,7 +168,7 @@ impl DaemonArgs {
 /// `--dqlite-network-latency`: a Go duration within 1 ms and 10 s (beyond that raft would
 /// take minutes to notice a dead leader).
 fn parse_network_latency(input: &str) -> Result<Duration, String> {
-    let latency = crate::goduration::parse_arg(input)?;
+    let latency = crate::util::goduration::parse_arg(input)?;
     if latency < Duration::from_millis(1) || latency > Duration::from_secs(10) {
         return Err(format!("{input} is outside 1ms..10s"));
     }
@@ -176,7 +180,7 @@ pub fn run(args: DaemonArgs, state_dir: Option<PathBuf>, env: Environment) -> an
     let runtime = super::server_runtime()?;
     runtime.block_on(async move {
         let daemon = crate::daemon::Daemon::start(config, HostIdentity::discover()).await?;
-        daemon.serve(crate::daemon::shutdown_signal()).await;
+        daemon.serve(crate::sys::signal::shutdown_signal()).await;
         Ok::<(), anyhow::Error>(())
     })
 }

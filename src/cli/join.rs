@@ -1,22 +1,16 @@
 //! `cluster-agent join <IP:PORT/TOKEN[/FP] | TOKEN-STRING> [--worker] [--skip-verify]`.
-//!
-//! Exit codes: 0 joined, 1 failure (nothing changed, or restored), 2 usage, 4 the server's
-//! identity could not be verified, 6 the server refused the join.
 
 use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::client::local::LocalClient;
-use crate::ops::joiner::{JoinClusterRequest, JoinClusterResponse};
-use crate::state::{resolve_state_dir, Environment, StateDir};
-
-use super::{exit, Failure};
+use crate::control::wire::{self, JoinClusterRequest, JoinClusterResponse};
+use crate::local::error::{Failed, Refusal};
+use crate::local::join::JoinError;
+use crate::state::Environment;
 
 #[derive(Debug, Clone, Args)]
-#[command(
-    after_help = "Exit codes: 0 joined, 1 failure, 2 usage, 4 server identity not verified, 6 join refused by the server."
-)]
+#[command(after_help = super::exit::JOIN_HELP)]
 pub struct JoinArgs {
     /// The connection string printed by `add-node`.
     pub connection: String,
@@ -33,19 +27,17 @@ pub struct JoinArgs {
 
 pub fn run(args: JoinArgs, state_dir: Option<PathBuf>, env: Environment) -> anyhow::Result<()> {
     // Reject a malformed string before anything else, with MicroK8s's texts.
-    crate::connection::parse(&args.connection).map_err(|e| Failure {
-        code: exit::FAILURE,
-        message: e.to_string(),
+    crate::format::connection::parse(&args.connection).map_err(|e| {
+        Failed::from_refusal(&JoinError::InvalidConnection(e.to_string()) as &dyn Refusal)
     })?;
-    let state = StateDir::new(resolve_state_dir(state_dir.as_deref(), &env));
-    let client = LocalClient::new(&state.layout().control_socket());
+    let client = super::control_client(state_dir, &env);
     let req = JoinClusterRequest {
         connection: args.connection,
         worker: args.worker,
         skip_verify: args.skip_verify,
     };
     println!("Contacting cluster...");
-    let resp: JoinClusterResponse = super::block_on(client.post("/v3/local/join", &req))??;
+    let resp: JoinClusterResponse = super::block_on(client.post(wire::JOIN, &req))??;
     for line in resp.messages {
         println!("{line}");
     }

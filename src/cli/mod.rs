@@ -1,10 +1,11 @@
 //! The command line: one module per subcommand, each with its clap `Args` and a `run`.
 //!
-//! Invariant: [`exit_code`] is the only place that turns an error into a process exit code.
+//! Invariant: [`exit`] is the only place that turns an error into a process exit code.
 
 pub mod add_node;
 pub mod apiserver_proxy;
 pub mod daemon;
+pub mod exit;
 pub mod join;
 pub mod leave;
 pub mod remove_node;
@@ -16,23 +17,12 @@ use clap::{Parser, Subcommand};
 
 use crate::state::Environment;
 
-/// Exit codes scripts can rely on (also listed in `--help`).
-pub mod exit {
-    pub const OK: u8 = 0;
-    pub const FAILURE: u8 = 1;
-    pub const USAGE: u8 = 2;
-}
-
-const AFTER_HELP: &str = "Exit codes: 0 success, 1 failure, 2 usage error.\n\
-State directory: --state-dir, else $SNAP_DATA, else /var/snap/microk8s/current if it exists, \
-else /var/lib/cluster-agent.";
-
 #[derive(Debug, Parser)]
 #[command(
     name = "cluster-agent",
     version,
     about = "Node-join agent for MicroK8s-style Kubernetes clusters",
-    after_help = AFTER_HELP
+    after_help = exit::HELP
 )]
 pub struct Cli {
     /// State directory (defaults: $SNAP_DATA, /var/snap/microk8s/current, /var/lib/cluster-agent).
@@ -62,14 +52,6 @@ pub enum Command {
     Leave(leave::LeaveArgs),
     /// Remove a node from the cluster.
     RemoveNode(remove_node::RemoveNodeArgs),
-}
-
-/// An error that carries the exit code a script should see.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct Failure {
-    pub code: u8,
-    pub message: String,
 }
 
 /// Runs the parsed command line.
@@ -106,19 +88,17 @@ pub fn block_on<F: std::future::Future>(fut: F) -> anyhow::Result<F::Output> {
     Ok(rt.block_on(fut))
 }
 
-/// Maps an error to the process exit code.
+/// Maps an error to the process exit code (see [`exit`]).
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    for cause in err.chain() {
-        if let Some(f) = cause.downcast_ref::<Failure>() {
-            return f.code;
-        }
-        if let Some(crate::client::local::LocalError::Daemon {
-            exit_code: Some(code),
-            ..
-        }) = cause.downcast_ref()
-        {
-            return *code;
-        }
-    }
-    exit::FAILURE
+    exit::exit_code(err)
+}
+
+/// The control socket of the daemon that owns the state directory.
+pub fn control_client(
+    state_dir: Option<PathBuf>,
+    env: &Environment,
+) -> crate::control::client::LocalClient {
+    let state =
+        crate::state::StateDir::new(crate::state::resolve_state_dir(state_dir.as_deref(), env));
+    crate::control::client::LocalClient::new(&state.layout().control_socket())
 }

@@ -4,14 +4,11 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::client::local::LocalClient;
-use crate::ops::remove_node::{RemoveNodeRequest, RemoveNodeResponse};
-use crate::state::{resolve_state_dir, Environment, StateDir};
+use crate::control::wire::{self, RemoveNodeRequest, RemoveNodeResponse};
+use crate::state::Environment;
 
 #[derive(Debug, Clone, Args)]
-#[command(
-    after_help = "Exit codes: 0 removed, 1 refused or failed, 2 the datastore could not be changed."
-)]
+#[command(after_help = super::exit::REMOVE_NODE_HELP)]
 pub struct RemoveNodeArgs {
     /// The node: its hostname, IP address (IPv4 or IPv6) or dqlite id.
     pub node: String,
@@ -25,13 +22,12 @@ pub fn run(
     state_dir: Option<PathBuf>,
     env: Environment,
 ) -> anyhow::Result<()> {
-    let state = StateDir::new(resolve_state_dir(state_dir.as_deref(), &env));
-    let client = LocalClient::new(&state.layout().control_socket());
+    let client = super::control_client(state_dir, &env);
     let req = RemoveNodeRequest {
         node: args.node,
         force: args.force,
     };
-    let resp: RemoveNodeResponse = super::block_on(client.post("/v3/local/remove-node", &req))??;
+    let resp: RemoveNodeResponse = super::block_on(client.post(wire::REMOVE_NODE, &req))??;
     for line in resp.messages {
         println!("{line}");
     }

@@ -5,9 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use crate::client::local::LocalClient;
-use crate::ops::status::StatusReport;
-use crate::state::{resolve_state_dir, Environment, StateDir};
+use crate::control::wire::{self, StatusReport};
+use crate::state::Environment;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -137,9 +136,8 @@ pub fn render(report: &StatusReport, format: Format) -> String {
 }
 
 pub fn run(args: StatusArgs, state_dir: Option<PathBuf>, env: Environment) -> anyhow::Result<()> {
-    let state = StateDir::new(resolve_state_dir(state_dir.as_deref(), &env));
-    let client = LocalClient::new(&state.layout().control_socket());
-    let report: StatusReport = super::block_on(client.get("/v3/local/status"))??;
+    let client = super::control_client(state_dir, &env);
+    let report: StatusReport = super::block_on(client.get(wire::STATUS))??;
     print!("{}", render(&report, args.format));
     Ok(())
 }
@@ -147,7 +145,7 @@ pub fn run(args: StatusArgs, state_dir: Option<PathBuf>, env: Environment) -> an
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::status::MemberStatus;
+    use crate::local::status::MemberStatus;
 
     #[test]
     fn text_is_another_name_for_pretty() {

@@ -5,11 +5,6 @@
 //! Invariant: nothing is bound before every input (flags, args files, certificate and key) has
 //! been loaded and validated, so a bad config never leaves a half-started daemon behind.
 
-pub mod control;
-pub mod https;
-pub mod roles;
-pub mod tls;
-
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,13 +13,25 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::api::{self, AppState};
-use crate::bootstrap::{self, BootstrapError, BootstrapOptions};
-use crate::net::HostIdentity;
-use crate::services::{self, ServiceManagerKind};
+use crate::api::{self, https, AppState};
+use crate::clients::peer::HttpsPeers;
+use crate::cluster::bootstrap::{self, BootstrapError, BootstrapOptions};
+use crate::cluster::datastore::{External, NodeDatastore};
+use crate::cluster::metrics::Metrics;
+use crate::cluster::node::{Node, NodeParts, NodeSettings};
+use crate::cluster::roles::driver::{self as roles, Handover, RolesConfig};
+use crate::cluster::serving::{Serving, ServingError};
+use crate::control::server as control;
+use crate::control::wire::DaemonInfo;
+use crate::dqlite::membership::{MemberTemplate, Membership};
 use crate::state::{StateDir, StateError, StateLock};
+use crate::sys::clock::SystemClock;
+use crate::sys::host::HostIdentity;
+use crate::sys::resolver::SystemResolver;
+use crate::sys::runner::SystemRunner;
+use crate::sys::services::{self, ServiceManagerKind};
 
-pub use tls::MinTls;
+pub use crate::pki::tls::MinTls;
 
 /// How long a stopping voter may spend handing its role over.
 pub const HANDOVER_BUDGET: Duration = Duration::from_secs(3);
@@ -62,7 +69,7 @@ pub struct DaemonConfig {
     pub capi_token_file: PathBuf,
     pub env: crate::state::Environment,
     /// Voter/stand-by targets and probe cadence of the roles manager.
-    pub roles: roles::RolesConfig,
+    pub roles: RolesConfig,
     /// Run the roles manager even with `--datastore external` (k8s-dqlite runs go-dqlite's).
     pub manage_roles: bool,
 }
@@ -74,7 +81,9 @@ pub enum DaemonError {
     #[error(transparent)]
     Bootstrap(#[from] BootstrapError),
     #[error(transparent)]
-    Tls(#[from] tls::TlsError),
+    Serving(#[from] ServingError),
+    #[error(transparent)]
+    Tls(#[from] crate::pki::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -88,19 +97,6 @@ pub enum DaemonError {
     Dqlite(#[from] crate::dqlite::HostError),
 }
 
-/// Parses `--bind`: `IP:PORT`, `[IPv6]:PORT`, or Go's `:PORT` (all interfaces).
-pub fn parse_bind(s: &str) -> Result<SocketAddr, String> {
-    let s = s.trim();
-    if let Some(port) = s.strip_prefix(':') {
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("invalid port in bind address {s:?}"))?;
-        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
-    }
-    s.parse()
-        .map_err(|_| format!("invalid bind address {s:?}: expected IP:PORT, [IPv6]:PORT or :PORT"))
-}
-
 /// Everything validated and bound, ready to serve.
 pub struct Daemon {
     _lock: StateLock,
@@ -109,6 +105,9 @@ pub struct Daemon {
     control: tokio::net::UnixListener,
     tls: Arc<rustls::ServerConfig>,
     app: AppState,
+    membership: Option<Arc<Membership>>,
+    /// Client to k8s-dqlite's cluster (external datastore).
+    external: Option<Arc<crate::dqlite::Client>>,
     failure_domain: u64,
 }
 
@@ -137,12 +136,12 @@ impl Daemon {
             Some(fd) => fd,
             None => read_failure_domain(&state)?,
         };
-        let serving = tls::ServingCert::load(
+        let serving = Serving::load(
             &config.certfile,
             &config.keyfile,
             Some(&state.layout().ca_crt()),
         )?;
-        let tls = tls::server_config(serving.clone(), config.min_tls)?;
+        let tls = crate::pki::tls::server_config(serving.resolver(), config.min_tls)?;
         let member = match config.datastore {
             DatastoreMode::Embedded => {
                 Some(prepare_member(&config, &state, &host, failure_domain)?)
@@ -161,7 +160,7 @@ impl Daemon {
         let membership = match member {
             Some(prepared) => {
                 let member = prepared.start().await?;
-                let template = crate::membership::MemberTemplate {
+                let template = MemberTemplate {
                     backend_dir: state.layout().backend_dir(),
                     bind: member.address().parse().unwrap_or_else(|_| {
                         config.dqlite_bind.unwrap_or_else(|| {
@@ -172,7 +171,7 @@ impl Daemon {
                     failure_domain,
                     network_latency: config.dqlite_network_latency,
                 };
-                let membership = crate::membership::Membership::new(state.clone(), template);
+                let membership = Membership::new(state.clone(), template);
                 membership
                     .adopt(member)
                     .await
@@ -183,27 +182,39 @@ impl Daemon {
         };
         let services =
             services::manager(config.service_manager, state.layout().marker("lite.lock"));
-        let mut node = crate::node::Node::new(
-            state,
-            services,
-            crate::node::NodeSettings {
+        let external = match config.datastore {
+            DatastoreMode::External => External::client(&state),
+            DatastoreMode::Embedded => None,
+        };
+        let node = Node::new(NodeParts {
+            settings: NodeSettings {
                 bind: config.bind,
                 capi_token_file: config.capi_token_file.clone(),
                 env: config.env.clone(),
                 external_datastore: config.datastore == DatastoreMode::External,
                 roles: config.roles.clone(),
             },
-        );
-        node.membership = membership;
-        if config.datastore == DatastoreMode::External {
-            node.external_client = crate::datastore::External::client(&node.state);
-        }
-        node.serving = Some(serving);
-        let limiter = crate::ratelimit::RateLimiter::new(
+            datastore: Arc::new(NodeDatastore {
+                state: state.clone(),
+                membership: membership.clone(),
+                external: external.clone(),
+            }),
+            membership: membership.clone(),
+            services,
+            runner: Arc::new(SystemRunner),
+            resolver: Arc::new(SystemResolver),
+            peers: Arc::new(HttpsPeers {
+                local: Some(config.bind.ip()),
+            }),
+            clock: Arc::new(SystemClock),
+            serving: Some(serving),
+            state,
+        });
+        let limiter = crate::api::ratelimit::RateLimiter::new(
             config.auth_failure_limit,
             config.auth_failure_window,
         );
-        let app = AppState::new(node, limiter);
+        let app = AppState::new(node, limiter, Arc::new(Metrics::default()));
         Ok(Daemon {
             _lock: lock,
             config,
@@ -211,6 +222,8 @@ impl Daemon {
             control,
             tls,
             app,
+            membership,
+            external,
             failure_domain,
         })
     }
@@ -228,9 +241,10 @@ impl Daemon {
             control,
             tls,
             app,
+            membership,
+            external,
             failure_domain,
         } = self;
-        let membership = app.node.membership.clone();
         tracing::info!(
             bind = %config.bind,
             state_dir = %config.state_dir.display(),
@@ -241,13 +255,13 @@ impl Daemon {
             config.bind
         );
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let info = control::DaemonInfo {
+        let info = DaemonInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             state_dir: config.state_dir.clone(),
             bind: config.bind.to_string(),
         };
-        let control_app = control::router(app.clone(), info);
+        let control_app = control::router(app.node.clone(), app.metrics.clone(), info);
         let mut control_stop = stop_rx.clone();
         let control_task = tokio::spawn(async move {
             let _ = axum::serve(control, control_app)
@@ -256,7 +270,7 @@ impl Daemon {
                 })
                 .await;
         });
-        let roles_task = match (&membership, &app.node.external_client) {
+        let roles_task = match (&membership, &external) {
             (Some(m), _) => {
                 let m = m.clone();
                 let live = move || m.live().map(|l| (l.client, l.own_id));
@@ -267,7 +281,7 @@ impl Daemon {
                 )))
             }
             (None, Some(client)) if config.manage_roles => {
-                let backend = app.node.state.layout().backend_dir();
+                let backend = app.node.state().layout().backend_dir();
                 let own = crate::dqlite::files::read_info(&backend)
                     .ok()
                     .flatten()
@@ -310,7 +324,7 @@ impl Daemon {
                 match roles::handover(&live.client, live.own_id, &config.roles, HANDOVER_BUDGET)
                     .await
                 {
-                    Ok(roles::Handover::KeptForQuorum {
+                    Ok(Handover::KeptForQuorum {
                         live_voters,
                         voters,
                     }) => tracing::warn!(
@@ -330,7 +344,7 @@ impl Daemon {
                 tracing::warn!(error = %e, "dqlite member did not stop cleanly");
             }
         }
-        let _ = std::fs::remove_file(config.state_dir.join("run/cluster-agent.sock"));
+        let _ = crate::state::remove_file(&config.state_dir.join("run/cluster-agent.sock"));
         tracing::info!("stopped");
     }
 }
@@ -365,7 +379,7 @@ pub fn read_failure_domain(state: &StateDir) -> Result<u64, StateError> {
     let Some(text) = state.read_optional(&path)? else {
         return Ok(1);
     };
-    let args = crate::args::ArgsFile::parse(&text);
+    let args = crate::format::args::ArgsFile::parse(&text);
     match args.get_unquoted("failure-domain") {
         None => Ok(1),
         Some(v) => v.parse().map_err(|_| StateError::Malformed {
@@ -375,41 +389,9 @@ pub fn read_failure_domain(state: &StateDir) -> Result<u64, StateError> {
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the daemon can still be killed; wait forever.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bind_forms() {
-        assert_eq!(
-            parse_bind("0.0.0.0:25000").unwrap().to_string(),
-            "0.0.0.0:25000"
-        );
-        assert_eq!(parse_bind(":25000").unwrap().to_string(), "0.0.0.0:25000");
-        assert_eq!(
-            parse_bind("[::1]:25000").unwrap().to_string(),
-            "[::1]:25000"
-        );
-        assert!(parse_bind("localhost:25000").is_err());
-        assert!(parse_bind("1.2.3.4").is_err());
-    }
 
     #[test]
     fn failure_domain_from_ha_conf() {
@@ -418,11 +400,11 @@ mod tests {
         state.ensure_layout().unwrap();
         assert_eq!(read_failure_domain(&state).unwrap(), 1);
         let path = state.layout().args("ha-conf");
-        std::fs::write(&path, "failure-domain=7\n").unwrap();
+        state.write(&path, b"failure-domain=7\n", 0o660).unwrap();
         assert_eq!(read_failure_domain(&state).unwrap(), 7);
-        std::fs::write(&path, "failure-domain 3\n").unwrap();
+        state.write(&path, b"failure-domain 3\n", 0o660).unwrap();
         assert_eq!(read_failure_domain(&state).unwrap(), 3);
-        std::fs::write(&path, "failure-domain=abc\n").unwrap();
+        state.write(&path, b"failure-domain=abc\n", 0o660).unwrap();
         let err = read_failure_domain(&state).unwrap_err().to_string();
         assert!(err.contains("ha-conf") && err.contains("abc"), "{err}");
     }

@@ -249,7 +249,6 @@ mod tests {
 
     #[test]
     fn files_are_written_atomically_and_private() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(read_info(dir.path()).unwrap(), None);
         write_info(dir.path(), 42, "127.0.0.1:19001").unwrap();
@@ -257,17 +256,19 @@ mod tests {
             read_info(dir.path()).unwrap(),
             Some((42, "127.0.0.1:19001".into()))
         );
-        let mode = std::fs::metadata(dir.path().join(INFO_YAML))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = state::mode_of(&dir.path().join(INFO_YAML)).unwrap();
         assert_eq!(mode & 0o777, 0o600);
 
         assert!(sync_failure_domain(dir.path(), 2).unwrap());
         assert!(!sync_failure_domain(dir.path(), 2).unwrap());
         assert_eq!(read_failure_domain(dir.path()).unwrap(), Some(2));
 
-        std::fs::write(dir.path().join(CLUSTER_YAML), "- Address: a:1\n  Role: 9\n").unwrap();
+        state::write_atomic(
+            &dir.path().join(CLUSTER_YAML),
+            b"- Address: a:1\n  Role: 9\n",
+            0o600,
+        )
+        .unwrap();
         let err = read_cluster(dir.path()).unwrap_err().to_string();
         assert!(err.contains("cluster.yaml"), "{err}");
     }

@@ -168,19 +168,10 @@ pub fn is_raft_file(name: &str) -> bool {
 }
 
 fn has_raft_data(dir: &Path) -> Result<bool, StateError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(source) => {
-            return Err(StateError::Read {
-                path: dir.to_path_buf(),
-                source,
-            })
-        }
-    };
-    Ok(entries
-        .filter_map(Result::ok)
-        .any(|e| is_raft_file(&e.file_name().to_string_lossy())))
+    Ok(crate::state::list_dir(dir)?
+        .unwrap_or_default()
+        .iter()
+        .any(|name| is_raft_file(name)))
 }
 
 /// `--dqlite-bind` default: the `--bind` IP when it is specific, else the first

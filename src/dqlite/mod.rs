@@ -1,12 +1,14 @@
 //! dqlite membership: the wire codec ([`proto`], sans-IO), mutual TLS as go-dqlite does it
 //! ([`tls`]), the async client ([`client`]: leader discovery, retries, deadlines), and the
-//! embedded member ([`host`] over [`ffi`], identity files in [`files`]).
+//! embedded member ([`host`] over [`ffi`], identity files in [`files`]) and this node's
+//! membership slot ([`membership`]: the running member and the live view of its cluster).
 //! See docs/dqlite.md and docs/dqlite-embedded.md.
 
 pub mod client;
 pub mod ffi;
 pub mod files;
 pub mod host;
+pub mod membership;
 pub mod proto;
 pub mod tls;
 

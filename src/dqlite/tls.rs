@@ -7,7 +7,7 @@
 //! Both sides are built here so the embedded member host and the client agree by
 //! construction.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::server::WebPkiClientVerifier;
@@ -15,15 +15,12 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::daemon::tls::provider;
+use crate::pki::tls::provider;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] crate::state::StateError),
     #[error("cluster certificate is not usable: {0}")]
     Cert(String),
     #[error("cluster key is not usable: {0}")]
@@ -59,13 +56,10 @@ impl ClientTls {
 }
 
 fn read_pair(cert: &Path, key: &Path) -> Result<(String, String), TlsError> {
-    let read = |path: &Path| {
-        std::fs::read_to_string(path).map_err(|source| TlsError::Read {
-            path: path.to_path_buf(),
-            source,
-        })
-    };
-    Ok((read(cert)?, read(key)?))
+    Ok((
+        crate::state::read_string(cert)?,
+        crate::state::read_string(key)?,
+    ))
 }
 
 /// Client side: trust exactly the cluster certificate, present it (with its key) as client

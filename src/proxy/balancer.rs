@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::config::Upstream;
+use crate::format::traefik::Upstream;
 
 /// Latencies up to this multiple of the best one tie.
 pub const TIE_RATIO: f64 = 1.5;

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use super::config::Upstream;
+use crate::format::traefik::Upstream;
 
 /// The API server port when the object names none.
 pub const DEFAULT_PORT: u16 = 16443;

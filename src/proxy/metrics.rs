@@ -145,7 +145,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::proxy::config::Upstream;
+    use crate::format::traefik::Upstream;
 
     fn snapshot() -> Snapshot {
         Snapshot {

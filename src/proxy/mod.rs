@@ -1,12 +1,13 @@
 //! `apiserver-proxy`: the worker's L4 load balancer in front of the control planes' API
 //! servers (MicroK8s's `cluster-agent apiserver-proxy`, same flags and files).
 //!
-//! - `config`: traefik.yaml / provider.yaml parsing and rendering, upstream addresses (pure).
+//! - `format::traefik` (a lower layer): traefik.yaml / provider.yaml parsing and rendering,
+//!   upstream addresses (pure).
 //! - `endpoints`: EndpointSlice / Endpoints JSON → sorted upstream list (pure).
 //! - `balancer`: upstream choice and health state (pure).
 //! - `metrics`: Prometheus text and the stats line (pure).
 //! - `pool`: the shared balancer plus dialing (client fail-over, active probe).
-//! - `refresh`: the Kubernetes API client and the refresh loop.
+//! - `refresh`: the refresh loop over the Kubernetes API client (`clients::kubernetes`).
 //! - `server`: accept, forward, drain; `splice`: zero-copy forwarding (Linux `splice(2)`).
 //!
 //! Invariants: every input file is read and validated before anything is bound; the upstream
@@ -14,7 +15,6 @@
 //! an established connection.
 
 pub mod balancer;
-pub mod config;
 pub mod endpoints;
 pub mod metrics;
 pub mod pool;
@@ -29,9 +29,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use self::config::Upstream;
 use self::pool::Pool;
 use self::refresh::Refresher;
+use crate::format::traefik::{self as config, Upstream};
 use crate::state::StateError;
 
 /// How often the provider file is re-read when traefik.yaml says `watch: true`.
@@ -99,7 +99,7 @@ impl ProxyConfig {
         }
         let listen = match settings.listen {
             Some(addr) => addr,
-            None => crate::daemon::parse_bind(&traefik.address).map_err(|reason| {
+            None => crate::util::addr::parse_bind(&traefik.address).map_err(|reason| {
                 ProxyError::Listen {
                     address: traefik.address.clone(),
                     path: traefik_path.clone(),
@@ -239,17 +239,21 @@ impl Proxy {
 /// Re-reads the provider file every [`WATCH_INTERVAL`] and applies a changed, non-empty list.
 /// Each unusable content is logged once.
 async fn watch_provider(path: PathBuf, pool: Pool) {
-    let mut last = tokio::fs::read(&path).await.ok();
+    let mut last = read_bytes(&path).await;
     let mut ticks = tokio::time::interval(WATCH_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let current = tokio::fs::read(&path).await.ok();
+        let current = read_bytes(&path).await;
         if current == last {
             continue;
         }
         last = current;
-        match read_provider(&path) {
+        let file = path.clone();
+        let Ok(read) = tokio::task::spawn_blocking(move || read_provider(&file)).await else {
+            continue;
+        };
+        match read {
             Ok(list) if list.is_empty() => tracing::warn!(
                 path = %path.display(),
                 "provider file lists no endpoints; keeping the current list"
@@ -263,6 +267,15 @@ async fn watch_provider(path: PathBuf, pool: Pool) {
             Err(e) => tracing::warn!(error = %e, "keeping the current endpoints"),
         }
     }
+}
+
+/// The file's bytes, read on the blocking pool; `None` if unreadable.
+async fn read_bytes(path: &Path) -> Option<Vec<u8>> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::state::read_bytes(&path).ok())
+        .await
+        .ok()
+        .flatten()
 }
 
 async fn log_stats(pool: Pool, interval: Duration) {

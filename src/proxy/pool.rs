@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use super::balancer::{Balancer, DialKind, Health};
-use super::config::Upstream;
 use super::metrics::Snapshot;
+use crate::format::traefik::Upstream;
 
 /// The connect timeout of the last upstream left to try for a client: long enough for two
 /// SYN retransmissions, so one lost packet does not fail a client when there is no

@@ -18,6 +18,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use atomic::write_atomic;
+
+use crate::format::args::ArgsFile;
 pub use layout::Layout;
 pub use lock::StateLock;
 
@@ -41,6 +43,12 @@ pub enum StateError {
     Read { path: PathBuf, source: io::Error },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
+    #[error("cannot move {from} to {to}: {source}")]
+    Move {
+        from: PathBuf,
+        to: PathBuf,
+        source: io::Error,
+    },
     #[error("cannot create directory {path}: {source}")]
     CreateDir { path: PathBuf, source: io::Error },
     #[error("{path} is malformed: {reason}")]
@@ -187,14 +195,7 @@ impl StateDir {
     }
 
     pub fn remove(&self, path: &Path) -> Result<(), StateError> {
-        match fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StateError::Write {
-                path: path.to_path_buf(),
-                source,
-            }),
-        }
+        remove_file(path)
     }
 
     /// Creates an empty marker file under `var/lock/` (idempotent).
@@ -211,11 +212,11 @@ impl StateDir {
     pub fn update_args(
         &self,
         service: &str,
-        edit: impl FnOnce(&mut crate::args::ArgsFile) -> bool,
+        edit: impl FnOnce(&mut ArgsFile) -> bool,
     ) -> Result<bool, StateError> {
         let path = self.layout.args(service);
         let text = self.read_optional(&path)?.unwrap_or_default();
-        let mut file = crate::args::ArgsFile::parse(&text);
+        let mut file = ArgsFile::parse(&text);
         if !edit(&mut file) {
             return Ok(false);
         }
@@ -224,12 +225,130 @@ impl StateDir {
     }
 
     /// Reads a service argument file; a missing file reads as empty.
-    pub fn read_args(&self, service: &str) -> Result<crate::args::ArgsFile, StateError> {
+    pub fn read_args(&self, service: &str) -> Result<ArgsFile, StateError> {
         let text = self
             .read_optional(&self.layout.args(service))?
             .unwrap_or_default();
-        Ok(crate::args::ArgsFile::parse(&text))
+        Ok(ArgsFile::parse(&text))
     }
+}
+
+/// Does `path` exist (following symlinks)?
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
+
+/// Is `path` a regular file (following symlinks)?
+pub fn is_file(path: &Path) -> bool {
+    path.is_file()
+}
+
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>, StateError> {
+    fs::read(path).map_err(|source| StateError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads a file that may legitimately be absent, as bytes.
+pub fn read_bytes_optional(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// The names in directory `dir`, sorted; `None` if it does not exist.
+pub fn list_dir(dir: &Path) -> Result<Option<Vec<String>>, StateError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| StateError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(Some(names))
+}
+
+/// Removes a file; an absent file is not an error.
+pub fn remove_file(path: &Path) -> Result<(), StateError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StateError::Write {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Removes a directory and everything in it; an absent directory is not an error.
+pub fn remove_dir_all(path: &Path) -> Result<(), StateError> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StateError::Write {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Renames `from` to `to` (a file or a whole directory, atomically on one filesystem) and
+/// makes the rename durable.
+pub fn rename(from: &Path, to: &Path) -> Result<(), StateError> {
+    fs::rename(from, to).map_err(|source| StateError::Move {
+        from: from.to_path_buf(),
+        to: to.to_path_buf(),
+        source,
+    })?;
+    atomic::sync_parent(to).map_err(|source| StateError::Write {
+        path: to.to_path_buf(),
+        source,
+    })
+}
+
+/// Appends `data` to `path` (created with `mode`), in one write.
+pub fn append(path: &Path, data: &[u8], mode: u32) -> Result<(), StateError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(mode)
+        .open(path)
+        .and_then(|mut f| f.write_all(data))
+        .map_err(|source| StateError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// The permission bits of `path`.
+pub fn mode_of(path: &Path) -> Result<u32, StateError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .map_err(|source| StateError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 pub fn read_string(path: &Path) -> Result<String, StateError> {
@@ -262,7 +381,8 @@ fn create_dir(path: &Path, mode: u32) -> Result<(), StateError> {
         })
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<(), StateError> {
+/// Sets the permission bits of `path`.
+pub fn set_mode(path: &Path, mode: u32) -> Result<(), StateError> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
         StateError::Write {

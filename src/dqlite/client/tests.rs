@@ -198,7 +198,7 @@ async fn tls_server_rejects_clients_without_certificate() {
     let cert = rustls_pki_types::CertificateDer::from_pem_slice(pair.cert_pem.as_bytes()).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(crate::daemon::tls::provider())
+    let config = rustls::ClientConfig::builder_with_provider(crate::pki::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)

@@ -1,0 +1,135 @@
+//! The one table from failures to process exit codes. Operations say *what* went wrong
+//! (`local::error::ErrorKind`, carried over the control socket); only this module says
+//! which number a script sees. Codes are MicroK8s's where it has them.
+
+use crate::control::client::LocalError;
+use crate::local::error::{ErrorKind, Failed};
+
+pub const OK: u8 = 0;
+/// Anything that went wrong and has no code of its own.
+pub const FAILURE: u8 = 1;
+/// A bad command line (clap exits with it; nothing else uses it).
+pub const USAGE: u8 = 2;
+/// `leave`: this node holds the only vote of a multi-node cluster (MicroK8s's 3).
+pub const ONLY_VOTER: u8 = 3;
+/// `join`: the server's identity could not be verified (MicroK8s's 4).
+pub const UNVERIFIED: u8 = 4;
+/// `leave`, `remove-node`: the cluster did not apply the membership change; nothing changed.
+pub const DATASTORE_UNCHANGED: u8 = 5;
+/// `join`: the server refused the join (MicroK8s's 6).
+pub const REFUSED: u8 = 6;
+
+/// The exit code of a failure of `kind`.
+pub fn code(kind: ErrorKind) -> u8 {
+    use ErrorKind::*;
+    match kind {
+        JoinIdentityNotVerified => UNVERIFIED,
+        JoinRefused => REFUSED,
+        LeaveOnlyVoter => ONLY_VOTER,
+        LeaveDatastoreUnchanged | RemoveDatastoreUnchanged => DATASTORE_UNCHANGED,
+        AddNodeBadToken
+        | AddNodeOnWorker
+        | JoinInvalidConnection
+        | JoinAlreadyWorker
+        | JoinAlreadyClustered
+        | JoinNeedsEmbeddedMember
+        | JoinItself
+        | JoinClockSkew
+        | JoinUnreachable
+        | JoinLostContact
+        | JoinUnexpectedAnswer
+        | JoinUnsupportedCluster
+        | JoinSignFailed
+        | JoinUnfinishedEarlier
+        | JoinNothingChanged
+        | JoinRolledBack
+        | JoinRollbackFailed
+        | LeaveNotClustered
+        | LeaveWouldLoseQuorum
+        | LeaveMembershipUnreadable
+        | LeaveResetFailed
+        | LeaveRolledBack
+        | RemoveOnWorker
+        | RemoveNoNodeGiven
+        | RemoveMembershipUnreadable
+        | RemoveIsThisNode
+        | RemoveNotMember
+        | RemoveNeedsForce
+        | RemoveAmbiguous
+        | Internal => FAILURE,
+    }
+}
+
+/// The exit code for an error that ended a command.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(failed) = cause.downcast_ref::<Failed>() {
+            return code(failed.kind);
+        }
+        if let Some(LocalError::Refused(failed)) = cause.downcast_ref::<LocalError>() {
+            return code(failed.kind);
+        }
+    }
+    FAILURE
+}
+
+/// The `--help` footers, listing each command's codes.
+pub const HELP: &str = "Exit codes: 0 success, 1 failure, 2 usage error (more specific codes are listed in each command's --help).\n\
+State directory: --state-dir, else $SNAP_DATA, else /var/snap/microk8s/current if it exists, \
+else /var/lib/cluster-agent.";
+pub const ADD_NODE_HELP: &str = "Exit codes: 0 token issued, 1 failure, 2 usage.";
+pub const JOIN_HELP: &str =
+    "Exit codes: 0 joined, 1 failure, 2 usage, 4 server identity not verified, 6 join refused by the server.";
+pub const LEAVE_HELP: &str = "Exit codes: 0 left, 1 failure, 2 usage, 3 this node holds the only copy of the datastore, 5 the cluster did not remove this node (nothing changed).";
+pub const REMOVE_NODE_HELP: &str = "Exit codes: 0 removed, 1 refused or failed, 2 usage, 5 the cluster did not remove the member (nothing changed).";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn help_of(command: &str) -> &'static str {
+        match command {
+            "add-node" => ADD_NODE_HELP,
+            "join" => JOIN_HELP,
+            "leave" => LEAVE_HELP,
+            "remove-node" => REMOVE_NODE_HELP,
+            other => panic!("no help for {other}"),
+        }
+    }
+
+    #[test]
+    fn every_code_a_command_can_exit_with_is_in_its_help() {
+        for kind in ErrorKind::ALL {
+            let code = code(*kind);
+            let commands = match kind.command() {
+                Some(c) => vec![c],
+                None => vec!["add-node", "join", "leave", "remove-node"],
+            };
+            for command in commands {
+                let help = help_of(command);
+                assert!(
+                    help.contains(&format!(" {code} ")),
+                    "{command} --help does not list {code} ({kind:?}): {help}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn two_is_only_ever_a_usage_error() {
+        assert!(ErrorKind::ALL.iter().all(|k| code(*k) != USAGE));
+    }
+
+    #[test]
+    fn refusals_from_the_daemon_and_the_cli_map_the_same() {
+        let failed = Failed {
+            kind: ErrorKind::JoinRefused,
+            message: "Connection failed. Invalid token (500).".into(),
+        };
+        let direct = anyhow::Error::new(failed.clone());
+        let remote = anyhow::Error::new(LocalError::Refused(failed));
+        assert_eq!(exit_code(&direct), REFUSED);
+        assert_eq!(exit_code(&remote), REFUSED);
+        assert_eq!(exit_code(&anyhow::anyhow!("anything else")), FAILURE);
+    }
+}

@@ -1,4 +1,0 @@
-//! Clients the CLI uses: the local daemon over its control socket.
-
-pub mod local;
-pub mod peer;

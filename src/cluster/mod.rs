@@ -1,0 +1,12 @@
+//! The cluster core: the node handle and its datastore, join tokens, bootstrap of a state
+//! directory, the dqlite roles policy and driver, the serving certificate, Calico's
+//! autodetection, and the node's counters.
+
+pub mod bootstrap;
+pub mod calico;
+pub mod datastore;
+pub mod metrics;
+pub mod node;
+pub mod roles;
+pub mod serving;
+pub mod tokens;

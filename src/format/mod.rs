@@ -1,0 +1,10 @@
+//! Pure formats: MicroK8s's args files, kubeconfigs, join connection strings, traefik's
+//! provider files, and the :25000 wire types with Go-lenient decoding. Text in, values out;
+//! no I/O.
+
+pub mod args;
+pub mod connection;
+pub mod decode;
+pub mod kubeconfig;
+pub mod traefik;
+pub mod wire;

@@ -1,0 +1,169 @@
+//! The kinds of failure of the local operations. Each operation has its own error type
+//! (`AddNodeError`, `JoinError`, `LeaveError`, `RemoveError`); each variant names a stable
+//! [`ErrorKind`], which the control socket carries next to the message and `cli::exit`
+//! alone turns into a process exit code.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a local operation failed, for scripts. The serialised names are part of the control
+/// socket's wire format: never rename one, only add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// `add-node --token` with a token MicroK8s would refuse.
+    AddNodeBadToken,
+    /// `add-node` on a worker.
+    AddNodeOnWorker,
+    JoinInvalidConnection,
+    JoinAlreadyWorker,
+    JoinAlreadyClustered,
+    JoinNeedsEmbeddedMember,
+    JoinItself,
+    JoinClockSkew,
+    JoinUnreachable,
+    /// The server did not prove the pinned identity (fingerprint or CA).
+    JoinIdentityNotVerified,
+    /// The server answered the join with an error status.
+    JoinRefused,
+    JoinLostContact,
+    JoinUnexpectedAnswer,
+    JoinUnsupportedCluster,
+    JoinSignFailed,
+    /// A backup of an earlier, unfinished join is in the way.
+    JoinUnfinishedEarlier,
+    /// Failed before this node changed anything.
+    JoinNothingChanged,
+    /// Failed while configuring; every change was undone.
+    JoinRolledBack,
+    /// Failed while configuring and the undo failed too.
+    JoinRollbackFailed,
+    LeaveNotClustered,
+    /// This node holds the only vote of a multi-node cluster.
+    LeaveOnlyVoter,
+    LeaveWouldLoseQuorum,
+    LeaveMembershipUnreadable,
+    /// The cluster did not take this member out: nothing changed.
+    LeaveDatastoreUnchanged,
+    /// Removed from the cluster, but resetting this node to a single-node cluster failed.
+    LeaveResetFailed,
+    /// A worker's leave failed and every change was undone.
+    LeaveRolledBack,
+    RemoveOnWorker,
+    RemoveNoNodeGiven,
+    RemoveMembershipUnreadable,
+    RemoveIsThisNode,
+    RemoveNotMember,
+    RemoveNeedsForce,
+    RemoveAmbiguous,
+    /// The cluster did not take the member out: nothing changed.
+    RemoveDatastoreUnchanged,
+    /// A fault of this agent (see its log).
+    Internal,
+}
+
+impl ErrorKind {
+    /// Every kind, for tables and tests.
+    pub const ALL: &'static [ErrorKind] = &[
+        ErrorKind::AddNodeBadToken,
+        ErrorKind::AddNodeOnWorker,
+        ErrorKind::JoinInvalidConnection,
+        ErrorKind::JoinAlreadyWorker,
+        ErrorKind::JoinAlreadyClustered,
+        ErrorKind::JoinNeedsEmbeddedMember,
+        ErrorKind::JoinItself,
+        ErrorKind::JoinClockSkew,
+        ErrorKind::JoinUnreachable,
+        ErrorKind::JoinIdentityNotVerified,
+        ErrorKind::JoinRefused,
+        ErrorKind::JoinLostContact,
+        ErrorKind::JoinUnexpectedAnswer,
+        ErrorKind::JoinUnsupportedCluster,
+        ErrorKind::JoinSignFailed,
+        ErrorKind::JoinUnfinishedEarlier,
+        ErrorKind::JoinNothingChanged,
+        ErrorKind::JoinRolledBack,
+        ErrorKind::JoinRollbackFailed,
+        ErrorKind::LeaveNotClustered,
+        ErrorKind::LeaveOnlyVoter,
+        ErrorKind::LeaveWouldLoseQuorum,
+        ErrorKind::LeaveMembershipUnreadable,
+        ErrorKind::LeaveDatastoreUnchanged,
+        ErrorKind::LeaveResetFailed,
+        ErrorKind::LeaveRolledBack,
+        ErrorKind::RemoveOnWorker,
+        ErrorKind::RemoveNoNodeGiven,
+        ErrorKind::RemoveMembershipUnreadable,
+        ErrorKind::RemoveIsThisNode,
+        ErrorKind::RemoveNotMember,
+        ErrorKind::RemoveNeedsForce,
+        ErrorKind::RemoveAmbiguous,
+        ErrorKind::RemoveDatastoreUnchanged,
+        ErrorKind::Internal,
+    ];
+
+    /// The command whose failures this kind describes (`None`: any command).
+    pub fn command(self) -> Option<&'static str> {
+        let name = serde_json::to_value(self).ok()?;
+        let name = name.as_str()?;
+        ["add-node", "join", "leave", "remove"]
+            .into_iter()
+            .find(|prefix| name.starts_with(prefix))
+            .map(|prefix| {
+                if prefix == "remove" {
+                    "remove-node"
+                } else {
+                    prefix
+                }
+            })
+    }
+}
+
+/// A local operation's error: its message is for the user as it is, its kind for scripts.
+pub trait Refusal: std::error::Error {
+    fn kind(&self) -> ErrorKind;
+}
+
+/// A refusal as it crosses a process boundary (the control socket) or leaves the CLI:
+/// the message and the kind, nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("{message}")]
+pub struct Failed {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Failed {
+    pub fn from_refusal(e: &dyn Refusal) -> Failed {
+        Failed {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_have_stable_names_and_commands() {
+        assert_eq!(
+            serde_json::to_value(ErrorKind::JoinIdentityNotVerified).unwrap(),
+            "join-identity-not-verified"
+        );
+        assert_eq!(ErrorKind::RemoveNeedsForce.command(), Some("remove-node"));
+        assert_eq!(ErrorKind::AddNodeBadToken.command(), Some("add-node"));
+        assert_eq!(ErrorKind::Internal.command(), None);
+        let names: std::collections::BTreeSet<String> = ErrorKind::ALL
+            .iter()
+            .map(|k| {
+                serde_json::to_value(k)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(names.len(), ErrorKind::ALL.len(), "every kind listed once");
+    }
+}

@@ -1,0 +1,102 @@
+//! Why `join` failed, from the joining node's side.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use crate::local::error::{ErrorKind, Refusal};
+use crate::sys::blocking::TaskFailed;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The connection string is malformed (MicroK8s's `Invalid connection: …` texts).
+    #[error("{0}")]
+    InvalidConnection(String),
+    #[error("This node is already a worker of a cluster. Run 'cluster-agent leave' first.")]
+    AlreadyWorker,
+    #[error("This node is already part of a cluster with other members. Run 'cluster-agent leave' first.")]
+    AlreadyClustered,
+    #[error(
+        "Joining as a control-plane node needs the embedded dqlite member (--datastore embedded)."
+    )]
+    NeedsEmbeddedMember,
+    #[error("{0} is this node: a node cannot join itself. Run the join command on the node you want to add.")]
+    JoiningItself(SocketAddr),
+    #[error("The clocks of this node and {peer} differ by {skew_secs}s (more than {max_secs}s). Synchronise them (e.g. with NTP) and retry.")]
+    ClockSkew {
+        peer: IpAddr,
+        skew_secs: u64,
+        max_secs: u64,
+    },
+    /// The server did not prove the pinned identity.
+    #[error("Joining cluster failed. Could not verify the identity of {0}. Use '--skip-verify' to skip server certificate check.")]
+    IdentityNotVerified(IpAddr),
+    #[error("Could not reach the cluster ({0}). Check the address and that the cluster agent port is reachable from this node.")]
+    Unreachable(String),
+    #[error("Please ensure the master node is reachable. {0}")]
+    LostContact(String),
+    /// The server refused the join: MicroK8s's `Connection failed. <error> (<status>).`
+    #[error("{0}")]
+    Refused(String),
+    #[error("The cluster answered with an unexpected join response: {0}")]
+    UnexpectedAnswer(String),
+    #[error("Joining process failed. Make sure the cluster you connect to supports joining worker nodes.")]
+    NotAWorkerCluster,
+    #[error("The cluster's answer lacks the CA key or the dqlite certificate and voters: it does not accept control-plane nodes this way.")]
+    NotAControlPlaneCluster,
+    #[error("{0}")]
+    SignFailed(String),
+    #[error("{backup} exists: an earlier join did not finish. It holds this node's previous datastore; move it back to {backend} or delete it, then join again.")]
+    UnfinishedEarlierJoin { backup: PathBuf, backend: PathBuf },
+    #[error("Join failed before changing anything on this node: {0}")]
+    NothingChanged(String),
+    /// Configuring this node failed; every change was undone.
+    #[error("Join failed while configuring this node: {cause}. {restored} Fix the cause and join again with a new token.")]
+    RolledBack { cause: String, restored: String },
+    /// Configuring this node failed and so did undoing it.
+    #[error("Join failed while configuring this node: {cause}. {restore_error} Fix the cause and join again with a new token.")]
+    RollbackFailed {
+        cause: String,
+        restore_error: String,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Refusal for JoinError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            JoinError::InvalidConnection(_) => ErrorKind::JoinInvalidConnection,
+            JoinError::AlreadyWorker => ErrorKind::JoinAlreadyWorker,
+            JoinError::AlreadyClustered => ErrorKind::JoinAlreadyClustered,
+            JoinError::NeedsEmbeddedMember => ErrorKind::JoinNeedsEmbeddedMember,
+            JoinError::JoiningItself(_) => ErrorKind::JoinItself,
+            JoinError::ClockSkew { .. } => ErrorKind::JoinClockSkew,
+            JoinError::IdentityNotVerified(_) => ErrorKind::JoinIdentityNotVerified,
+            JoinError::Unreachable(_) => ErrorKind::JoinUnreachable,
+            JoinError::LostContact(_) => ErrorKind::JoinLostContact,
+            JoinError::Refused(_) => ErrorKind::JoinRefused,
+            JoinError::UnexpectedAnswer(_) => ErrorKind::JoinUnexpectedAnswer,
+            JoinError::NotAWorkerCluster | JoinError::NotAControlPlaneCluster => {
+                ErrorKind::JoinUnsupportedCluster
+            }
+            JoinError::SignFailed(_) => ErrorKind::JoinSignFailed,
+            JoinError::UnfinishedEarlierJoin { .. } => ErrorKind::JoinUnfinishedEarlier,
+            JoinError::NothingChanged(_) => ErrorKind::JoinNothingChanged,
+            JoinError::RolledBack { .. } => ErrorKind::JoinRolledBack,
+            JoinError::RollbackFailed { .. } => ErrorKind::JoinRollbackFailed,
+            JoinError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl From<TaskFailed> for JoinError {
+    fn from(e: TaskFailed) -> Self {
+        JoinError::Internal(e.to_string())
+    }
+}
+
+impl From<crate::state::StateError> for JoinError {
+    fn from(e: crate::state::StateError) -> Self {
+        JoinError::Internal(e.to_string())
+    }
+}

@@ -1,0 +1,87 @@
+//! `status`: the dqlite membership as the live leader sees it, plus each member's own answer
+//! to DESCRIBE (failure domain), which doubles as a liveness probe: a dead voter shows as
+//! unreachable instead of silently counting as a master (MicroK8s issue #2400).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::datastore::{Datastore, Role};
+use crate::cluster::node::Node;
+
+/// How long a member gets to answer DESCRIBE before it is reported unreachable.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemberStatus {
+    pub id: u64,
+    pub address: String,
+    /// `voter`, `standby` or `spare` (MicroK8s's words).
+    pub role: String,
+    pub failure_domain: Option<u64>,
+    pub reachable: bool,
+    pub leader: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusReport {
+    /// `var/lock/ha-cluster` exists.
+    pub ha_cluster: bool,
+    /// This node is a worker (no datastore member).
+    pub worker: bool,
+    pub members: Vec<MemberStatus>,
+    /// Why the membership could not be read, if it could not.
+    pub error: Option<String>,
+}
+
+pub fn role_word(role: Role) -> &'static str {
+    match role {
+        Role::Voter => "voter",
+        Role::StandBy => "standby",
+        Role::Spare => "spare",
+    }
+}
+
+pub async fn status(node: &Node) -> StatusReport {
+    let mut report = StatusReport {
+        ha_cluster: node.state().has_marker("ha-cluster"),
+        worker: node.state().has_marker("clustered.lock"),
+        members: Vec::new(),
+        error: None,
+    };
+    let members = match node.datastore().members().await {
+        Ok(m) => m,
+        Err(e) => {
+            report.error = Some(e.to_string());
+            return report;
+        }
+    };
+    let leader = node.datastore().leader().await.ok().flatten();
+    let mut probes = tokio::task::JoinSet::new();
+    for (i, m) in members.iter().enumerate() {
+        let ds: Arc<dyn Datastore> = node.datastore();
+        let address = m.address.clone();
+        probes.spawn(async move {
+            let answer = tokio::time::timeout(PROBE_TIMEOUT, ds.describe(&address)).await;
+            (i, answer.ok().and_then(Result::ok))
+        });
+    }
+    let mut meta = vec![None; members.len()];
+    while let Some(Ok((i, m))) = probes.join_next().await {
+        meta[i] = m;
+    }
+    report.members = members
+        .into_iter()
+        .zip(meta)
+        .map(|(m, meta)| MemberStatus {
+            leader: leader.as_deref() == Some(m.address.as_str()),
+            id: m.id,
+            role: role_word(m.role).to_string(),
+            failure_domain: meta.map(|d| d.failure_domain),
+            reachable: meta.is_some(),
+            address: m.address,
+        })
+        .collect();
+    report
+}
