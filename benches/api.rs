@@ -3,7 +3,13 @@
 //! idle and under that load, and `add-node` wall time.
 //!
 //! Run: `cargo bench --bench api` (release build of the daemon).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Tests set up their fixtures and tools directly; the layer rules are for src/.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    clippy::disallowed_types
+)]
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;

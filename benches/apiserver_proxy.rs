@@ -16,7 +16,13 @@
 //! the proxy CPU 1 of its own and keep clients and upstreams on CPU 0 (direct runs too);
 //! `--reference haproxy` to put HAProxy (splice on, one thread) where our proxy was, as a
 //! yardstick for what a user-space proxy costs on the same machine.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Tests set up their fixtures and tools directly; the layer rules are for src/.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    clippy::disallowed_types
+)]
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

@@ -4,7 +4,13 @@
 //! - kill -9 of the leader until a new leader with 3 live voters, median of runs.
 //!
 //! Run: `cargo bench --bench cluster`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Tests set up their fixtures and tools directly; the layer rules are for src/.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    clippy::disallowed_types
+)]
 
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,13 @@
 //! `cluster-agent apiserver-proxy` end to end: the real binary (and once the library entry
 //! point) in front of real TCP upstreams on distinct loopback addresses, and a TLS fake of the
 //! API server's endpoints API requiring the kubeconfig's client certificate.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Tests set up their fixtures and tools directly; the layer rules are for src/.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    clippy::disallowed_types
+)]
 
 mod common;
 

@@ -1,5 +1,11 @@
 //! Bootstrap of an empty state directory, checked with openssl as an independent verifier.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Tests set up their fixtures and tools directly; the layer rules are for src/.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    clippy::disallowed_types
+)]
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

@@ -1,7 +1,13 @@
 //! Clusters of real daemons with embedded dqlite members on 127.x.y.z addresses: formation,
 //! status on every node (cross-checked with the Debian `dqlite` shell), liveness, leave,
 //! remove-node, rejoin, and the roles manager over failure domains.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Tests set up their fixtures and tools directly; the layer rules are for src/.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    clippy::disallowed_types
+)]
 
 mod common;
 

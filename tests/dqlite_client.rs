@@ -4,7 +4,13 @@
 //! Each cluster uses its own loopback addresses (derived from the process id and a
 //! counter), so no (bootstrap id, address) pair is reused within a run. Skipped, with a
 //! message, when the go-dqlite binaries are not installed.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Tests set up their fixtures and tools directly; the layer rules are for src/.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    clippy::disallowed_types
+)]
 
 mod common;
 
