@@ -111,20 +111,28 @@ pub async fn pin_for_joining_node(node: &Node, joining: IpAddr) {
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _turn = ONE_AT_A_TIME.lock().await;
     let path = manifest_path(node);
-    let manifest = match node.state().read_optional(&path) {
-        Ok(Some(text)) => text,
-        Ok(None) => return,
+    let (state, file) = (node.state().clone(), path.clone());
+    let rewritten = tokio::task::spawn_blocking(move || -> Result<bool, String> {
+        let Some(manifest) = state.read_optional(&file).map_err(|e| e.to_string())? else {
+            return Ok(false);
+        };
+        let Some(changed) = pin_autodetection(&manifest, joining) else {
+            return Ok(false);
+        };
+        state
+            .write(&file, changed.as_bytes(), mode::ARGS)
+            .map_err(|e| e.to_string())?;
+        Ok(true)
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match rewritten {
+        Ok(true) => {}
+        Ok(false) => return,
         Err(e) => {
             tracing::warn!(error = %e, "failed to update cni configuration");
             return;
         }
-    };
-    let Some(changed) = pin_autodetection(&manifest, joining) else {
-        return;
-    };
-    if let Err(e) = node.state().write(&path, changed.as_bytes(), mode::ARGS) {
-        tracing::warn!(error = %e, "failed to update cni configuration");
-        return;
     }
     tracing::info!(path = %path.display(), %joining, "calico autodetection pinned to the joining node; applying");
     let argv = apply_argv(node);

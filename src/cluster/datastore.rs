@@ -332,28 +332,35 @@ impl Datastore for NodeDatastore {
     }
 }
 
-/// A datastore held in memory, whose members all answer; for tests.
+/// A datastore held in memory, whose members all answer (or, when `unavailable`, none
+/// does); for tests.
 #[derive(Debug, Default)]
 pub struct FixedDatastore {
     pub members: std::sync::Mutex<Vec<Member>>,
+    pub unavailable: std::sync::atomic::AtomicBool,
 }
 
 impl FixedDatastore {
-    pub fn with(members: Vec<Member>) -> FixedDatastore {
-        FixedDatastore {
-            members: std::sync::Mutex::new(members),
+    pub fn set(&self, members: Vec<Member>) {
+        if let Ok(mut m) = self.members.lock() {
+            *m = members;
         }
     }
 
-    fn list(&self) -> Vec<Member> {
-        self.members.lock().map(|m| m.clone()).unwrap_or_default()
+    fn list(&self) -> Result<Vec<Member>, DatastoreError> {
+        if self.unavailable.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(DatastoreError::Unavailable(
+                "no quorum (a test datastore)".into(),
+            ));
+        }
+        Ok(self.members.lock().map(|m| m.clone()).unwrap_or_default())
     }
 }
 
 impl Datastore for FixedDatastore {
     fn members(&self) -> BoxFuture<'_, Result<Vec<Member>, DatastoreError>> {
         let list = self.list();
-        Box::pin(async move { Ok(list) })
+        Box::pin(async move { list })
     }
 
     fn remove_by_address<'a>(
@@ -378,9 +385,9 @@ impl Datastore for FixedDatastore {
         &'a self,
         address: &'a str,
     ) -> BoxFuture<'a, Result<MemberMetadata, DatastoreError>> {
-        let known = self.list().iter().any(|m| m.address == address);
+        let known = self.list().map(|l| l.iter().any(|m| m.address == address));
         Box::pin(async move {
-            if known {
+            if known? {
                 Ok(MemberMetadata {
                     failure_domain: 1,
                     weight: 0,
@@ -392,12 +399,12 @@ impl Datastore for FixedDatastore {
     }
 
     fn leader(&self) -> BoxFuture<'_, Result<Option<String>, DatastoreError>> {
-        let first = self
-            .list()
-            .into_iter()
-            .find(|m| m.role == Role::Voter)
-            .map(|m| m.address);
-        Box::pin(async move { Ok(first) })
+        let first = self.list().map(|l| {
+            l.into_iter()
+                .find(|m| m.role == Role::Voter)
+                .map(|m| m.address)
+        });
+        Box::pin(async move { first })
     }
 }
 

@@ -320,13 +320,21 @@ impl PreparedMember {
             })?;
 
         // Identity on disk before the node may write raft data.
-        if files::read_info(&backend)?.is_none() {
-            files::write_info(&backend, id, &address)?;
-            files::write_cluster(&backend, &seed)?;
-        } else if files::read_cluster(&backend)?.is_none() {
-            files::write_cluster(&backend, &seed)?;
+        {
+            let (backend, address) = (backend.clone(), address.clone());
+            tokio::task::spawn_blocking(move || -> Result<(), StateError> {
+                if files::read_info(&backend)?.is_none() {
+                    files::write_info(&backend, id, &address)?;
+                    files::write_cluster(&backend, &seed)?;
+                } else if files::read_cluster(&backend)?.is_none() {
+                    files::write_cluster(&backend, &seed)?;
+                }
+                files::sync_failure_domain(&backend, failure_domain)?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| HostError::Task(e.to_string()))??;
         }
-        files::sync_failure_domain(&backend, failure_domain)?;
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let local = format!("@cluster-agent-dqlite-{}-{id:x}", std::process::id());

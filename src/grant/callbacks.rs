@@ -11,7 +11,7 @@ use super::GrantError;
 use crate::cluster::node::Node;
 use crate::format::wire::{ConfigureRequest, DqliteRemoveRequest, ResultOk, UpgradeRequest};
 use crate::state::StateError;
-use crate::sys::blocking::blocking;
+use crate::sys::blocking::{blocking, TaskFailed};
 use crate::sys::runner::{Input, ServiceError};
 
 /// A name that becomes a file name or an argv element: letters, digits, `.`, `_`, `-`, not
@@ -225,16 +225,22 @@ pub async fn dqlite_remove(
     req: DqliteRemoveRequest,
 ) -> Result<(), GrantError> {
     let path = node.settings().capi_token_file.clone();
-    let expected = crate::state::read_string(&path).map_err(|e| {
-        let reason = match &e {
-            StateError::Read { source, .. } => source.to_string(),
-            other => other.to_string(),
-        };
-        GrantError::Refused(format!(
-            "Failed to remove from dqlite: failed to validate CAPI auth token: failed to read token file: failed to read {}: {reason}",
-            path.display()
-        ))
-    })?;
+    let file = path.clone();
+    let read = blocking(move || Ok::<_, TaskFailed>(crate::state::read_string(&file))).await;
+    let expected = read
+        .map_err(|task| task.to_string())
+        .and_then(|text| {
+            text.map_err(|e| match e {
+                StateError::Read { source, .. } => source.to_string(),
+                other => other.to_string(),
+            })
+        })
+        .map_err(|reason| {
+            GrantError::Refused(format!(
+                "Failed to remove from dqlite: failed to validate CAPI auth token: failed to read token file: failed to read {}: {reason}",
+                path.display()
+            ))
+        })?;
     let expected = expected.trim();
     let presented = token.unwrap_or("").trim();
     if expected.is_empty()

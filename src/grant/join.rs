@@ -77,15 +77,20 @@ pub async fn join_v2(
     req: JoinRequest,
     origin: Origin,
 ) -> Result<JoinResponseV2, GrantError> {
-    let state = node.state();
-    // 1. Token (checked, not consumed).
-    if is_valid_token(node, &req.token)?.is_none() {
-        return Err(GrantError::InvalidToken);
-    }
-    // 2. HA cluster.
-    if !state.has_marker("ha-cluster") {
-        return Err(GrantError::NotHa);
-    }
+    // 1. Token (checked, not consumed) and 2. HA cluster, with the API server's settings
+    // the later checks need, read in one go off the runtime.
+    let (node2, token) = (node.clone(), req.token.clone());
+    let apiserver = blocking(move || -> Result<_, GrantError> {
+        if is_valid_token(&node2, &token)?.is_none() {
+            return Err(GrantError::InvalidToken);
+        }
+        if !node2.state().has_marker("ha-cluster") {
+            return Err(GrantError::NotHa);
+        }
+        Ok(node2.state().read_args("kube-apiserver")?)
+    })
+    .await?;
+    let apiserver_arg = |flag: &str| apiserver.get(flag).unwrap_or_default().to_string();
     // 3. Port: this node's actual cluster-agent port.
     let port = node.settings().bind.port().to_string();
     if req.port != port {
@@ -97,7 +102,7 @@ pub async fn join_v2(
         return Err(GrantError::SameIp(origin.host));
     }
     // 5. Hostname, unless kube-apiserver reaches kubelets by InternalIP.
-    let preferred = arg(state, "kube-apiserver", "--kubelet-preferred-address-types")?;
+    let preferred = apiserver_arg("--kubelet-preferred-address-types");
     if !prefers_internal_ip(&preferred) && !resolves_to(node, &req.hostname, origin.remote_ip).await
     {
         return Err(GrantError::HostnameMismatch {
@@ -106,7 +111,7 @@ pub async fn join_v2(
         });
     }
     // 6. Datastore.
-    let etcd_servers = arg(state, "kube-apiserver", "--etcd-servers")?;
+    let etcd_servers = apiserver_arg("--etcd-servers");
     let dqlite = etcd_servers.contains(KINE_SOCKET);
     let members = if dqlite {
         let members = node.datastore().members().await?;
@@ -123,7 +128,7 @@ pub async fn join_v2(
         Vec::new()
     };
     let worker = req.is_worker();
-    let token_auth_file = arg(state, "kube-apiserver", "--token-auth-file")?;
+    let token_auth_file = apiserver_arg("--token-auth-file");
     if !worker && token_auth_file.is_empty() && !req.can_handle_x509_auth {
         return Err(GrantError::Refused("Joining this MicroK8s cluster requires x509 authentication. update MicroK8s to version 1.28 or newer and retry the join operation".into()));
     }
@@ -342,27 +347,32 @@ pub async fn join_v1(
     req: JoinRequest,
     origin: Origin,
 ) -> Result<JoinResponseV1, GrantError> {
-    let state = node.state();
-    if is_valid_token(node, &req.token)?.is_none() {
-        return Err(GrantError::InvalidToken);
-    }
-    if state.has_marker("ha-cluster") {
-        return Err(GrantError::Refused("Failed to join the cluster. This is an HA MicroK8s cluster.\nPlease retry after enabling HA on this joining node with 'microk8s enable ha-cluster'".into()));
-    }
-    // Cert mode for x509-capable joiners; Token mode (static tokens from known_tokens.csv)
-    // for older ones when the API server has a token file; otherwise refused.
-    let kube_proxy_token = if req.can_handle_x509_auth {
-        None
-    } else if !arg(state, "kube-apiserver", "--token-auth-file")?.is_empty() {
-        Some(node.tokens().known_token("system:kube-proxy")?.ok_or_else(|| {
-            GrantError::Refused(
-                "Failed to retrieve kube-proxy token: no token for system:kube-proxy in known_tokens.csv"
-                    .into(),
-            )
-        })?)
-    } else {
-        return Err(GrantError::Refused("Joining this MicroK8s cluster requires x509 authentication. update MicroK8s to version 1.28 or newer and retry the join operation".into()));
-    };
+    let (node2, token, x509) = (node.clone(), req.token.clone(), req.can_handle_x509_auth);
+    let kube_proxy_token = blocking(move || -> Result<_, GrantError> {
+        let state = node2.state();
+        if is_valid_token(&node2, &token)?.is_none() {
+            return Err(GrantError::InvalidToken);
+        }
+        if state.has_marker("ha-cluster") {
+            return Err(GrantError::Refused("Failed to join the cluster. This is an HA MicroK8s cluster.\nPlease retry after enabling HA on this joining node with 'microk8s enable ha-cluster'".into()));
+        }
+        // Cert mode for x509-capable joiners; Token mode (static tokens from
+        // known_tokens.csv) for older ones when the API server has a token file; otherwise
+        // refused.
+        if x509 {
+            Ok(None)
+        } else if !arg(state, "kube-apiserver", "--token-auth-file")?.is_empty() {
+            Ok(Some(node2.tokens().known_token("system:kube-proxy")?.ok_or_else(|| {
+                GrantError::Refused(
+                    "Failed to retrieve kube-proxy token: no token for system:kube-proxy in known_tokens.csv"
+                        .into(),
+                )
+            })?))
+        } else {
+            Err(GrantError::Refused("Joining this MicroK8s cluster requires x509 authentication. update MicroK8s to version 1.28 or newer and retry the join operation".into()))
+        }
+    })
+    .await?;
     // The callback token and port end up in `callback-tokens.txt` as `host:port token`
     // lines that MicroK8s's tools read: nothing may break that line format.
     if req.callback.is_empty() || !req.callback.chars().all(|c| c.is_ascii_graphic()) {

@@ -13,3 +13,6 @@ pub mod join;
 pub mod sign_cert;
 
 pub use error::GrantError;
+
+#[cfg(test)]
+mod tests;

@@ -395,6 +395,33 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<(), StateError> {
     })
 }
 
+/// Test support: what a directory holds, to show that a refused request changed nothing.
+#[cfg(test)]
+pub mod testing {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    /// Every file under `root` (recursively) with its bytes and mode, and every directory.
+    pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Option<(Vec<u8>, u32)>> {
+        let mut out = BTreeMap::new();
+        let mut dirs = vec![root.to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for name in super::list_dir(&dir).ok().flatten().unwrap_or_default() {
+                let path = dir.join(name);
+                if path.is_dir() {
+                    out.insert(path.clone(), None);
+                    dirs.push(path);
+                } else if let (Ok(bytes), Ok(mode)) =
+                    (super::read_bytes(&path), super::mode_of(&path))
+                {
+                    out.insert(path, Some((bytes, mode)));
+                }
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
