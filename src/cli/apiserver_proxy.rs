@@ -14,6 +14,7 @@ use crate::util::addr::parse_bind;
 use crate::util::goduration::parse_arg as duration;
 
 #[derive(Debug, Clone, Args)]
+#[command(after_help = super::exit::APISERVER_PROXY_HELP)]
 pub struct ApiserverProxyArgs {
     /// traefik-style static config: listen address and provider file
     /// (default: <state>/args/traefik/traefik.yaml).

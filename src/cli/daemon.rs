@@ -12,6 +12,7 @@ use crate::sys::services::ServiceManagerKind;
 use crate::util::addr::parse_bind;
 
 #[derive(Debug, Clone, Args)]
+#[command(after_help = super::exit::DAEMON_HELP)]
 pub struct DaemonArgs {
     /// Address of the HTTPS API (IP:PORT, [IPv6]:PORT or :PORT).
     #[arg(long, default_value = "0.0.0.0:25000", value_parser = parse_bind)]

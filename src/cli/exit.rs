@@ -77,6 +77,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 pub const HELP: &str = "Exit codes: 0 success, 1 failure, 2 usage error (more specific codes are listed in each command's --help).\n\
 State directory: --state-dir, else $SNAP_DATA, else /var/snap/microk8s/current if it exists, \
 else /var/lib/cluster-agent.";
+pub const DAEMON_HELP: &str = "Exit codes: 0 stopped by SIGTERM/SIGINT, 1 a configuration, file or port problem (the message names it), 2 usage.";
+pub const STATUS_HELP: &str = "Exit codes: 0 status shown, 1 no daemon answers, 2 usage.";
+pub const APISERVER_PROXY_HELP: &str = "Exit codes: 0 stopped by SIGTERM/SIGINT after the drain, 1 a file is unreadable or malformed or the port cannot be bound, 2 usage.";
 pub const ADD_NODE_HELP: &str = "Exit codes: 0 token issued, 1 failure, 2 usage.";
 pub const JOIN_HELP: &str =
     "Exit codes: 0 joined, 1 failure, 2 usage, 4 server identity not verified, 6 join refused by the server.";

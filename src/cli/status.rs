@@ -17,6 +17,7 @@ pub enum Format {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(after_help = super::exit::STATUS_HELP)]
 pub struct StatusArgs {
     #[arg(long, value_enum, default_value_t = Format::Pretty)]
     pub format: Format,
