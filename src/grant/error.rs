@@ -33,12 +33,6 @@ pub enum GrantError {
     Internal(String),
 }
 
-impl From<StateError> for GrantError {
-    fn from(e: StateError) -> Self {
-        GrantError::Internal(e.to_string())
-    }
-}
-
 impl From<TokenError> for GrantError {
     fn from(e: TokenError) -> Self {
         match e {
@@ -62,8 +56,4 @@ impl From<DecodeError> for GrantError {
     }
 }
 
-impl From<TaskFailed> for GrantError {
-    fn from(e: TaskFailed) -> Self {
-        GrantError::Internal(e.to_string())
-    }
-}
+crate::util::internal_from!(GrantError: StateError, TaskFailed);

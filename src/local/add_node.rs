@@ -31,6 +31,8 @@ impl Refusal for AddNodeError {
     }
 }
 
+crate::util::internal_from!(AddNodeError: crate::state::StateError, TaskFailed);
+
 impl From<TokenError> for AddNodeError {
     fn from(e: TokenError) -> Self {
         match e {
@@ -39,18 +41,6 @@ impl From<TokenError> for AddNodeError {
             }
             other => AddNodeError::Internal(other.to_string()),
         }
-    }
-}
-
-impl From<crate::state::StateError> for AddNodeError {
-    fn from(e: crate::state::StateError) -> Self {
-        AddNodeError::Internal(e.to_string())
-    }
-}
-
-impl From<TaskFailed> for AddNodeError {
-    fn from(e: TaskFailed) -> Self {
-        AddNodeError::Internal(e.to_string())
     }
 }
 

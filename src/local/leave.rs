@@ -56,17 +56,7 @@ impl Refusal for LeaveError {
     }
 }
 
-impl From<TaskFailed> for LeaveError {
-    fn from(e: TaskFailed) -> Self {
-        LeaveError::Internal(e.to_string())
-    }
-}
-
-impl From<crate::state::StateError> for LeaveError {
-    fn from(e: crate::state::StateError) -> Self {
-        LeaveError::Internal(e.to_string())
-    }
-}
+crate::util::internal_from!(LeaveError: TaskFailed, crate::state::StateError);
 
 pub async fn leave(node: &Node) -> Result<LeaveResponse, LeaveError> {
     if node.state().has_marker("clustered.lock") {

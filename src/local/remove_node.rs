@@ -57,11 +57,7 @@ impl Refusal for RemoveError {
     }
 }
 
-impl From<TaskFailed> for RemoveError {
-    fn from(e: TaskFailed) -> Self {
-        RemoveError::Internal(e.to_string())
-    }
-}
+crate::util::internal_from!(RemoveError: TaskFailed);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RemoveNodeRequest {

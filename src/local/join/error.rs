@@ -89,14 +89,4 @@ impl Refusal for JoinError {
     }
 }
 
-impl From<TaskFailed> for JoinError {
-    fn from(e: TaskFailed) -> Self {
-        JoinError::Internal(e.to_string())
-    }
-}
-
-impl From<crate::state::StateError> for JoinError {
-    fn from(e: crate::state::StateError) -> Self {
-        JoinError::Internal(e.to_string())
-    }
-}
+crate::util::internal_from!(JoinError: TaskFailed, crate::state::StateError);
