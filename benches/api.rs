@@ -11,11 +11,13 @@
     clippy::disallowed_types
 )]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cluster-agent");
 const CONCURRENCY: usize = 16;
 const RUN_FOR: Duration = Duration::from_secs(5);
 
@@ -32,7 +34,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().to_str().unwrap().to_string();
     let bind = "127.0.250.2:25000";
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(common::BIN)
         .args([
             "daemon",
             "--state-dir",
@@ -90,10 +92,7 @@ fn main() {
     let mut walls = Vec::new();
     for _ in 0..20 {
         let start = Instant::now();
-        let out = Command::new(BIN)
-            .args(["--state-dir", &state, "add-node", "--format", "token"])
-            .output()
-            .unwrap();
+        let out = common::cli_in(dir.path(), &["add-node", "--format", "token"]);
         assert!(out.status.success());
         walls.push(start.elapsed());
     }

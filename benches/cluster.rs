@@ -12,70 +12,15 @@
     clippy::disallowed_types
 )]
 
-use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
 
 use cluster_agent::dqlite::{Client, ClientTls, Options, Role};
+use common::{cli, dqlite_addr, join_url, text, Node, TestCluster};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cluster-agent");
 const RUNS: usize = 3;
-
-struct Daemon {
-    ip: Ipv4Addr,
-    dir: tempfile::TempDir,
-    child: Child,
-}
-
-impl Daemon {
-    fn start(ip: Ipv4Addr) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(BIN)
-            .args([
-                "daemon",
-                "--state-dir",
-                dir.path().to_str().unwrap(),
-                "--bind",
-                &format!("{ip}:25000"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let d = Daemon { ip, dir, child };
-        wait(Duration::from_secs(30), || {
-            d.dir.path().join("run/cluster-agent.sock").exists()
-        });
-        d
-    }
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN)
-            .arg("--state-dir")
-            .arg(self.dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-    fn dqlite(&self) -> String {
-        format!("{}:19001", self.ip)
-    }
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -86,16 +31,8 @@ fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
     start.elapsed()
 }
 
-fn join_url(cp: &Daemon) -> String {
-    cp.cli(&["add-node", "--format", "short"])
-        .trim()
-        .strip_prefix("cluster-agent join ")
-        .unwrap()
-        .to_string()
-}
-
-fn client(d: &Daemon, seeds: Vec<String>) -> Client {
-    let b = d.dir.path().join("var/kubernetes/backend");
+fn client(d: &Node, seeds: Vec<String>) -> Client {
+    let b = d.state.join("var/kubernetes/backend");
     let tls = ClientTls::load(&b.join("cluster.crt"), &b.join("cluster.key")).unwrap();
     let opts = Options {
         dial_timeout: Duration::from_millis(500),
@@ -129,32 +66,23 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn cluster(base: u8, n: usize) -> Vec<Daemon> {
-    let nodes: Vec<Daemon> = (0..n)
-        .map(|i| Daemon::start(Ipv4Addr::new(127, 251, base, i as u8 + 2)))
-        .collect();
-    for d in &nodes[1..] {
-        d.cli(&["join", &join_url(&nodes[0])]);
-    }
-    nodes
-}
-
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
 
     // Join timing: the third node becomes a voter (with two members the policy keeps one).
     let mut to_member = Vec::new();
     let mut to_voter = Vec::new();
-    for run in 0..RUNS {
-        let nodes = cluster(10 + run as u8, 2);
-        let third = Daemon::start(Ipv4Addr::new(127, 251, 10 + run as u8, 9));
+    for _ in 0..RUNS {
+        let nodes = TestCluster::start(2).nodes;
+        let third = Node::start();
         let url = join_url(&nodes[0]);
-        let c = client(&nodes[0], vec![nodes[0].dqlite()]);
+        let c = client(&nodes[0], vec![dqlite_addr(&nodes[0])]);
         let start = Instant::now();
-        third.cli(&["join", &url]);
+        let out = cli(&third, &["join", &url]);
         to_member.push(start.elapsed());
+        assert!(out.status.success(), "{}", text(&out.stderr));
         wait(Duration::from_secs(30), || {
-            role_of(&rt, &c, &third.dqlite()) == Some(Role::Voter)
+            role_of(&rt, &c, &dqlite_addr(&third)) == Some(Role::Voter)
         });
         to_voter.push(start.elapsed());
     }
@@ -163,9 +91,9 @@ fn main() {
 
     // kill -9 of a non-leader voter.
     let mut times = Vec::new();
-    for run in 0..RUNS {
-        let mut nodes = cluster(20 + run as u8, 5);
-        let seeds: Vec<String> = nodes.iter().map(Daemon::dqlite).collect();
+    for _ in 0..RUNS {
+        let mut nodes = TestCluster::start(5).nodes;
+        let seeds: Vec<String> = nodes.iter().map(dqlite_addr).collect();
         let c = client(&nodes[0], seeds);
         wait(Duration::from_secs(30), || live_voters(&rt, &c, &[]) == 3);
         let leader = rt.block_on(c.leader()).unwrap().address;
@@ -176,7 +104,7 @@ fn main() {
             .unwrap()
             .address
             .clone();
-        let idx = nodes.iter().position(|d| d.dqlite() == victim).unwrap();
+        let idx = nodes.iter().position(|d| dqlite_addr(d) == victim).unwrap();
         let start = Instant::now();
         nodes[idx].kill();
         wait(Duration::from_secs(60), || {
@@ -189,13 +117,13 @@ fn main() {
 
     // kill -9 of the leader.
     let mut times = Vec::new();
-    for run in 0..RUNS {
-        let mut nodes = cluster(30 + run as u8, 5);
-        let seeds: Vec<String> = nodes.iter().map(Daemon::dqlite).collect();
+    for _ in 0..RUNS {
+        let mut nodes = TestCluster::start(5).nodes;
+        let seeds: Vec<String> = nodes.iter().map(dqlite_addr).collect();
         let c = client(&nodes[1], seeds);
         wait(Duration::from_secs(30), || live_voters(&rt, &c, &[]) == 3);
         let leader = rt.block_on(c.leader()).unwrap().address;
-        let idx = nodes.iter().position(|d| d.dqlite() == leader).unwrap();
+        let idx = nodes.iter().position(|d| dqlite_addr(d) == leader).unwrap();
         let start = Instant::now();
         nodes[idx].kill();
         wait(Duration::from_secs(60), || {

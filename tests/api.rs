@@ -10,9 +10,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -69,15 +67,9 @@ impl Api {
     }
 
     fn add_node(&self, extra: &[&str]) -> String {
-        let mut args = vec![
-            "--state-dir",
-            self.node.state.to_str().unwrap(),
-            "add-node",
-            "--format",
-            "token",
-        ];
+        let mut args = vec!["add-node", "--format", "token"];
         args.extend_from_slice(extra);
-        let out = run_cli(&args, &[]);
+        let out = cli(&self.node, &args);
         assert!(
             out.status.success(),
             "add-node failed: {}",
@@ -100,22 +92,6 @@ impl Api {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, content).unwrap();
     }
-}
-
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    for sub in ["credentials", "args", "certs", "var/lock"] {
-        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if p.is_file() {
-                out.insert(p.display().to_string(), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
 }
 
 fn keys(v: &Value) -> Vec<String> {
@@ -900,11 +876,10 @@ fn audit_log_and_metrics_never_show_tokens() {
 #[test]
 fn add_node_output_shapes() {
     let api = Api::start();
-    let state = api.node.state.to_str().unwrap();
     let run = |extra: &[&str]| {
-        let mut args = vec!["--state-dir", state, "add-node"];
+        let mut args = vec!["add-node"];
         args.extend_from_slice(extra);
-        let out = run_cli(&args, &[]);
+        let out = cli(&api.node, &args);
         assert!(out.status.success(), "{}", text(&out.stderr));
         text(&out.stdout)
     };
@@ -968,7 +943,7 @@ fn add_node_output_shapes() {
         "{tokens}"
     );
 
-    let out = run_cli(&["--state-dir", state, "add-node", "--token", "short"], &[]);
+    let out = cli(&api.node, &["add-node", "--token", "short"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("Invalid token size.  It must be 32 characters long."));
 }
@@ -976,10 +951,7 @@ fn add_node_output_shapes() {
 #[test]
 fn add_node_without_a_daemon_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_cli(
-        &["--state-dir", dir.path().to_str().unwrap(), "add-node"],
-        &[],
-    );
+    let out = cli_in(dir.path(), &["add-node"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(

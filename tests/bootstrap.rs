@@ -7,15 +7,16 @@
     clippy::disallowed_types
 )]
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::Command;
 
 use cluster_agent::cluster::bootstrap::{bootstrap, BootstrapOptions};
 use cluster_agent::format::kubeconfig::Kubeconfig;
 use cluster_agent::state::StateDir;
 use cluster_agent::sys::host::HostIdentity;
+use common::snapshot;
 
 fn host() -> HostIdentity {
     HostIdentity {
@@ -40,23 +41,6 @@ fn openssl(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.is_file() {
-                let rel = path.strip_prefix(root).unwrap().display().to_string();
-                out.insert(rel, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    out
 }
 
 #[test]

@@ -17,31 +17,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-fn cli(node: &Node, args: &[&str]) -> std::process::Output {
-    let mut all = vec!["--state-dir", node.state.to_str().unwrap()];
-    all.extend_from_slice(args);
-    run_cli(&all, &[])
-}
-
-fn join(cp: &Node, joiner: &Node, extra: &[&str]) {
-    let out = cli(cp, &["add-node", "--format", "short"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let url = text(&out.stdout)
-        .trim()
-        .strip_prefix("cluster-agent join ")
-        .unwrap()
-        .to_string();
-    let mut args = vec!["join", url.as_str()];
-    args.extend_from_slice(extra);
-    let out = cli(joiner, &args);
-    assert!(
-        out.status.success(),
-        "join failed: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
-
 fn status(node: &Node) -> Option<Value> {
     node.status_json()
 }
@@ -64,10 +39,6 @@ fn members(v: &Value) -> Vec<(String, String, bool)> {
         .unwrap_or_default();
     out.sort();
     out
-}
-
-fn dqlite_addr(node: &Node) -> String {
-    format!("{}:19001", node.ip)
 }
 
 fn live_voters(v: &Value) -> usize {
@@ -119,10 +90,8 @@ fn wait_live_voters(node: &Node, n: usize, what: &str) -> Value {
 
 #[test]
 fn three_control_planes_and_a_worker() {
-    let n1 = Node::start();
-    let n2 = Node::start();
+    let [n1, n2] = TestCluster::start(2).into_nodes();
     let n3 = Node::start();
-    join(&n1, &n2, &[]);
     // n3 ships Calico: joining pins its own copy to the node it contacted (not applied).
     let cni = n3.state.join("args/cni-network/cni.yaml");
     std::fs::create_dir_all(cni.parent().unwrap()).unwrap();
@@ -192,16 +161,10 @@ fn three_control_planes_and_a_worker() {
 
 #[test]
 fn a_killed_member_shows_unreachable_and_the_others_elect_a_leader() {
-    let mut n1 = Node::start();
-    let n2 = Node::start();
-    let n3 = Node::start();
-    join(&n1, &n2, &[]);
-    join(&n1, &n3, &[]);
+    let [mut n1, n2, n3] = TestCluster::start(3).into_nodes();
     wait_live_voters(&n1, 3, "three voters");
     // kill -9 the leader (n1 bootstrapped the cluster and leads it).
-    n1.child.as_mut().unwrap().kill().unwrap();
-    n1.child.as_mut().unwrap().wait().unwrap();
-    n1.child = None;
+    n1.kill();
     let s = eventually(
         "a new leader that reports n1 unreachable",
         Duration::from_secs(30),
@@ -256,11 +219,7 @@ fn a_killed_member_shows_unreachable_and_the_others_elect_a_leader() {
 
 #[test]
 fn leave_remove_node_and_rejoin() {
-    let n1 = Node::start();
-    let n2 = Node::start();
-    let n3 = Node::start();
-    join(&n1, &n2, &[]);
-    join(&n1, &n3, &[]);
+    let [n1, n2, n3] = TestCluster::start(3).into_nodes();
     wait_live_voters(&n1, 3, "three voters");
 
     // leave: n3 departs, the other two keep a working cluster.
@@ -285,9 +244,7 @@ fn leave_remove_node_and_rejoin() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("Removal failed"));
     let mut n3 = n3;
-    n3.child.as_mut().unwrap().kill().unwrap();
-    n3.child.as_mut().unwrap().wait().unwrap();
-    n3.child = None;
+    n3.kill();
     let out = cli(&n1, &["remove-node", &n3.ip.to_string(), "--force"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let s = eventually("two healthy members", Duration::from_secs(30), || {
@@ -309,14 +266,8 @@ fn leave_remove_node_and_rejoin() {
 
 #[test]
 fn voters_spread_over_failure_domains_and_fail_over() {
-    let domains = [1, 1, 2, 2, 3];
-    let nodes: Vec<Node> = domains
-        .iter()
-        .map(|d| Node::start_with(&["--failure-domain", &d.to_string()]))
-        .collect();
-    for n in &nodes[1..] {
-        join(&nodes[0], n, &[]);
-    }
+    let domains = ["1", "1", "2", "2", "3"];
+    let nodes = TestCluster::start_with(&domains.map(|d| ["--failure-domain", d])).nodes;
     let voter_domains = |s: &Value| -> BTreeSet<u64> {
         s["members"]
             .as_array()
@@ -346,9 +297,7 @@ fn voters_spread_over_failure_domains_and_fail_over() {
     let mut nodes = nodes;
     let idx = nodes.iter().position(|n| dqlite_addr(n) == victim).unwrap();
     let mut dead = nodes.remove(idx);
-    dead.child.as_mut().unwrap().kill().unwrap();
-    dead.child.as_mut().unwrap().wait().unwrap();
-    dead.child = None;
+    dead.kill();
     eventually(
         "failover to three live voters",
         Duration::from_secs(30),
@@ -393,11 +342,8 @@ fn voters_spread_over_failure_domains_and_fail_over() {
 
 #[test]
 fn a_new_member_in_an_unused_domain_gets_a_voter() {
-    let a = Node::start_with(&["--failure-domain", "1"]);
-    let b = Node::start_with(&["--failure-domain", "1"]);
-    let c = Node::start_with(&["--failure-domain", "1"]);
-    join(&a, &b, &[]);
-    join(&a, &c, &[]);
+    let domain_1 = ["--failure-domain", "1"];
+    let [a, _b, _c] = TestCluster::start_with(&[domain_1; 3]).into_nodes();
     wait_live_voters(&a, 3, "three voters in domain 1");
     let d = Node::start_with(&["--failure-domain", "2"]);
     join(&a, &d, &[]);

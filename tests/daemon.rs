@@ -69,16 +69,7 @@ fn tls_below_1_2_is_refused() {
 fn second_daemon_on_the_same_state_dir_refuses() {
     let node = Node::start();
     let other = unique_loopback();
-    let out = run_cli(
-        &[
-            "daemon",
-            "--state-dir",
-            node.state.to_str().unwrap(),
-            "--bind",
-            &format!("{other}:25000"),
-        ],
-        &[],
-    );
+    let out = cli(&node, &["daemon", "--bind", &format!("{other}:25000")]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("already in use"), "{err}");
@@ -89,16 +80,7 @@ fn second_daemon_on_the_same_state_dir_refuses() {
 fn busy_port_is_a_clear_error() {
     let node = Node::start();
     let dir = tempfile::tempdir().unwrap();
-    let out = run_cli(
-        &[
-            "daemon",
-            "--state-dir",
-            dir.path().to_str().unwrap(),
-            "--bind",
-            &node.bind(),
-        ],
-        &[],
-    );
+    let out = cli_in(dir.path(), &["daemon", "--bind", &node.bind()]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
@@ -148,19 +130,16 @@ fn dqlite_network_latency_is_configurable() {
 fn unreadable_or_malformed_certificate_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let ip = unique_loopback();
-    let state = dir.path().to_str().unwrap();
     let missing = dir.path().join("nope.crt");
-    let out = run_cli(
+    let out = cli_in(
+        dir.path(),
         &[
             "daemon",
-            "--state-dir",
-            state,
             "--bind",
             &format!("{ip}:25000"),
             "--certfile",
             missing.to_str().unwrap(),
         ],
-        &[],
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains(missing.to_str().unwrap()));
@@ -168,16 +147,7 @@ fn unreadable_or_malformed_certificate_names_the_file() {
     // The state dir is bootstrapped now; corrupt the served certificate.
     let crt = dir.path().join("certs/server.crt");
     std::fs::write(&crt, "-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
-    let out = run_cli(
-        &[
-            "daemon",
-            "--state-dir",
-            state,
-            "--bind",
-            &format!("{ip}:25000"),
-        ],
-        &[],
-    );
+    let out = cli_in(dir.path(), &["daemon", "--bind", &format!("{ip}:25000")]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains(crt.to_str().unwrap()), "{err}");
@@ -190,15 +160,9 @@ fn malformed_ha_conf_names_the_file() {
     std::fs::create_dir_all(dir.path().join("args")).unwrap();
     let ha = dir.path().join("args/ha-conf");
     std::fs::write(&ha, "failure-domain=east\n").unwrap();
-    let out = run_cli(
-        &[
-            "daemon",
-            "--state-dir",
-            dir.path().to_str().unwrap(),
-            "--bind",
-            &format!("{}:25000", unique_loopback()),
-        ],
-        &[],
+    let out = cli_in(
+        dir.path(),
+        &["daemon", "--bind", &format!("{}:25000", unique_loopback())],
     );
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);

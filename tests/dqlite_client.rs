@@ -378,13 +378,13 @@ async fn finds_the_new_leader_after_the_leader_dies() {
 
 /// Our mutual-TLS server configuration accepts go-dqlite's TLS client (the Debian shell with
 /// `-c/-k`), which picks its server name from the certificate's DNS SAN, and refuses the
-/// shell without a certificate. The peer behind TLS is a scripted one-member cluster built
-/// with our codec (Debian's dqlite-demo has no TLS flags); the embedded member host runs
-/// the same configuration in front of a real libdqlite node.
+/// shell without a certificate. The peer behind TLS is a scripted one-member cluster
+/// ([`cluster_agent::dqlite::fake`], built with our codec; Debian's dqlite-demo has no TLS
+/// flags); the embedded member host runs the same configuration in front of a real libdqlite
+/// node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_shell_accepts_our_tls_server_config() {
-    use cluster_agent::dqlite::proto::{decode_request, Request, Response};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use cluster_agent::dqlite::fake;
 
     if !tools_present() {
         return;
@@ -410,52 +410,7 @@ async fn go_shell_accepts_our_tls_server_config() {
         .await
         .unwrap();
     let address = listener.local_addr().unwrap().to_string();
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let me = address.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let me = me.clone();
-            tokio::spawn(async move {
-                let Ok(mut s) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut version = [0u8; 8];
-                if s.read_exact(&mut version).await.is_err() {
-                    return;
-                }
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                loop {
-                    while let Ok(Some((req, used))) = decode_request(&buf) {
-                        buf.drain(..used);
-                        let resp = match req {
-                            Request::Leader => Response::Node {
-                                id: 7,
-                                address: me.clone(),
-                            },
-                            Request::Client { .. } => Response::Welcome {
-                                heartbeat_timeout_ms: 15000,
-                            },
-                            Request::Cluster => Response::Nodes(vec![NodeInfo {
-                                id: 7,
-                                address: me.clone(),
-                                role: Role::Voter,
-                            }]),
-                            _ => Response::Empty,
-                        };
-                        if s.write_all(&resp.encode().unwrap()).await.is_err() {
-                            return;
-                        }
-                    }
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
-        }
-    });
+    fake::spawn_tls(listener, config, fake::leader_of_one_with_id(7, &address));
 
     let run = |tls: bool, limit: Duration| {
         let mut cmd = tokio::process::Command::new(SHELL);

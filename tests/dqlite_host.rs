@@ -169,17 +169,9 @@ fn explicit_dqlite_bind_must_match_info_yaml() {
     let (status, _) = node.terminate();
     assert!(status.success());
     let other = format!("{}:19001", unique_loopback());
-    let out = run_cli(
-        &[
-            "daemon",
-            "--state-dir",
-            node.state.to_str().unwrap(),
-            "--bind",
-            &node.bind(),
-            "--dqlite-bind",
-            &other,
-        ],
-        &[],
+    let out = cli(
+        &node,
+        &["daemon", "--bind", &node.bind(), "--dqlite-bind", &other],
     );
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
@@ -380,9 +372,7 @@ impl MemberProcess {
     }
 
     fn kill9(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
+        kill9(&mut self.child);
     }
 }
 

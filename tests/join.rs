@@ -9,53 +9,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-
-fn cli(node: &Node, args: &[&str]) -> std::process::Output {
-    let mut all = vec!["--state-dir", node.state.to_str().unwrap()];
-    all.extend_from_slice(args);
-    run_cli(&all, &[])
-}
-
-fn add_node(cp: &Node, format: &str) -> String {
-    let out = cli(cp, &["add-node", "--format", format]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    text(&out.stdout)
-}
-
-fn legacy_url(cp: &Node) -> String {
-    let short = add_node(cp, "short");
-    short
-        .trim()
-        .strip_prefix("cluster-agent join ")
-        .unwrap()
-        .to_string()
-}
-
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(dir).unwrap().display().to_string();
-            if rel.starts_with("run") || rel.starts_with("var/log") || rel == "daemon.log" {
-                continue;
-            }
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
 
 fn openssl_verify(ca: &Path, cert: &Path) -> bool {
     std::process::Command::new("openssl")
@@ -75,7 +33,7 @@ fn openssl_verify(ca: &Path, cert: &Path) -> bool {
 fn worker_join_then_leave_then_rejoin_with_the_token_string() {
     let cp = Node::start();
     let worker = Node::start();
-    let url = legacy_url(&cp);
+    let url = join_url(&cp);
     let out = cli(&worker, &["join", &url, "--worker"]);
     assert!(
         out.status.success(),
@@ -164,7 +122,7 @@ fn failed_joins_leave_the_joiner_as_it_was() {
     let cp = Node::start();
     let worker = Node::start();
     let before = snapshot(&worker.state);
-    let url = legacy_url(&cp);
+    let url = join_url(&cp);
     let (addr_token, _fp) = url.rsplit_once('/').unwrap();
 
     // Wrong fingerprint: exit 4, the token is not used.
@@ -202,7 +160,7 @@ fn failed_joins_leave_the_joiner_as_it_was() {
     assert!(text(&out.stderr).contains("Connection failed. Invalid token (500)."));
 
     // Joining a node to itself.
-    let own = legacy_url(&worker);
+    let own = join_url(&worker);
     let out = cli(&worker, &["join", &own, "--worker"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("cannot join itself"));
@@ -258,7 +216,7 @@ fn a_granted_join_pins_calico_to_the_joining_node_and_applies_it() {
 
     // A refused join (an unknown token) leaves the manifest alone.
     let worker = Node::start();
-    let url = legacy_url(&cp);
+    let url = join_url(&cp);
     let (addr, _) = url.split_once('/').unwrap();
     let bad = format!("{addr}/{}", "x".repeat(32));
     let out = cli(&worker, &["join", &bad, "--worker", "--skip-verify"]);
@@ -305,7 +263,7 @@ fn a_local_failure_changes_nothing() {
     // Make one write of the join fail: a directory where a file must go.
     std::fs::create_dir_all(worker.state.join("args/traefik/provider.yaml/blocker")).unwrap();
     let before = snapshot(&worker.state);
-    let url = legacy_url(&cp);
+    let url = join_url(&cp);
     let out = cli(&worker, &["join", &url, "--worker"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
@@ -325,7 +283,7 @@ fn remove_node_deletes_the_kubernetes_node_of_a_worker() {
     use std::sync::{Arc, Mutex};
     let cp = Node::start();
     let worker = Node::start();
-    let url = legacy_url(&cp);
+    let url = join_url(&cp);
     let out = cli(&worker, &["join", &url, "--worker"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 

@@ -2,9 +2,13 @@
 //! ([`tls`]), the async client ([`client`]: leader discovery, retries, deadlines), and the
 //! embedded member ([`host`] over [`ffi`], identity files in [`files`]) and this node's
 //! membership slot ([`membership`]: the running member and the live view of its cluster).
+//! [`fake`] is a scripted peer for tests.
 //! See docs/dqlite.md and docs/dqlite-embedded.md.
 
 pub mod client;
+/// A scripted dqlite peer for tests: it speaks the wire protocol through our codec
+/// ([`proto`]) and answers as a test's script says. The agent itself never uses it.
+pub mod fake;
 pub mod ffi;
 pub mod files;
 pub mod host;

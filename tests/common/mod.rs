@@ -1,10 +1,13 @@
 //! Helpers for end-to-end tests: real `cluster-agent` processes on distinct loopback
-//! addresses, each with its own state directory, and polling with deadlines.
+//! addresses, each with its own state directory, the CLI run against one of them, clusters
+//! formed with `add-node`/`join`, snapshots of a state directory, and polling with deadlines.
+//! Suites include it with `mod common;`, benches with `#[path = "../tests/common/mod.rs"]`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod dqlite_shell;
 pub mod netns;
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -168,16 +171,7 @@ impl Node {
 
     /// `status --format json` through this node's control socket; `None` if it fails.
     pub fn status_json(&self) -> Option<serde_json::Value> {
-        let out = run_cli(
-            &[
-                "--state-dir",
-                self.state.to_str()?,
-                "status",
-                "--format",
-                "json",
-            ],
-            &[],
-        );
+        let out = cli(self, &["status", "--format", "json"]);
         if !out.status.success() {
             return None;
         }
@@ -187,6 +181,18 @@ impl Node {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// kill -9: the daemon dies without shutting down, as a crashed machine would.
+    pub fn kill(&mut self) {
+        kill9(&mut self.child);
+    }
+}
+
+/// kill -9 and reap the running process in `child`, leaving `None`.
+pub fn kill9(child: &mut Option<Child>) {
+    let mut child = child.take().expect("the process is running");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 impl Drop for Node {
@@ -209,7 +215,8 @@ pub fn https_client(state: &Path) -> reqwest::blocking::Client {
     builder.build().unwrap()
 }
 
-/// Runs the binary to completion with a timeout.
+/// Runs the binary to completion, for at most 30 s. It returns as soon as the command exits,
+/// so a time measured around it is the command's own (benches do).
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> Output {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let mut cmd = agent(&args);
@@ -217,11 +224,130 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap();
-    eventually("command to finish", Duration::from_secs(30), || {
-        child.try_wait().unwrap()
-    });
-    child.wait_with_output().unwrap()
+    let child = cmd.spawn().unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    let limit = Duration::from_secs(30);
+    match finished.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => panic!("timed out after {limit:?} waiting for command to finish"),
+    }
+}
+
+/// `cluster-agent --state-dir <state> <args…>` (see [`run_cli`]): the CLI of the node whose
+/// state directory is `state`, running or not.
+pub fn cli_in(state: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["--state-dir", state.to_str().unwrap()];
+    all.extend_from_slice(args);
+    run_cli(&all, &[])
+}
+
+/// The CLI on `node`: `cluster-agent --state-dir <node.state> <args…>`.
+pub fn cli(node: &Node, args: &[&str]) -> Output {
+    cli_in(&node.state, args)
+}
+
+/// `add-node --format <format>` on `cp`: its standard output; fails the test unless it
+/// succeeded.
+pub fn add_node(cp: &Node, format: &str) -> String {
+    let out = cli(cp, &["add-node", "--format", format]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// A fresh connection string `<address>/<token>/<fingerprint>` for joining `cp` (what
+/// `add-node --format short` prints after `cluster-agent join `).
+pub fn join_url(cp: &Node) -> String {
+    add_node(cp, "short")
+        .trim()
+        .strip_prefix("cluster-agent join ")
+        .unwrap()
+        .to_string()
+}
+
+/// Joins `joiner` to the cluster of `cp` as an operator does: [`join_url`] on `cp`, then
+/// `join <url> <extra…>` on `joiner` (e.g. `--worker`); fails the test unless both succeed.
+pub fn join(cp: &Node, joiner: &Node, extra: &[&str]) {
+    let url = join_url(cp);
+    let mut args = vec!["join", url.as_str()];
+    args.extend_from_slice(extra);
+    let out = cli(joiner, &args);
+    assert!(
+        out.status.success(),
+        "join failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// The address of `node`'s embedded dqlite member (port 19001 on its IP, when it runs with
+/// no `--dqlite-bind`).
+pub fn dqlite_addr(node: &Node) -> String {
+    format!("{}:19001", node.ip)
+}
+
+/// Control planes of one cluster, formed as operators form one: node 0 bootstraps it and
+/// every other node joins node 0 in turn. The daemons are killed when it is dropped.
+pub struct TestCluster {
+    pub nodes: Vec<Node>,
+}
+
+impl TestCluster {
+    /// `n` control planes started with no extra flags; returns once every join succeeded.
+    pub fn start(n: usize) -> TestCluster {
+        let none: [&str; 0] = [];
+        Self::start_with(&vec![none; n])
+    }
+
+    /// One control plane per entry of `flags`, each daemon started with that entry's extra
+    /// flags (e.g. `["--failure-domain", "2"]`); returns once every join succeeded.
+    pub fn start_with<'a, F: AsRef<[&'a str]>>(flags: &[F]) -> TestCluster {
+        let nodes: Vec<Node> = flags.iter().map(|f| Node::start_with(f.as_ref())).collect();
+        for joiner in nodes.iter().skip(1) {
+            join(&nodes[0], joiner, &[]);
+        }
+        TestCluster { nodes }
+    }
+
+    /// The nodes by value, for tests that name each one: `let [a, b, c] = cluster.into_nodes();`.
+    pub fn into_nodes<const N: usize>(self) -> [Node; N] {
+        let n = self.nodes.len();
+        match self.nodes.try_into() {
+            Ok(nodes) => nodes,
+            Err(_) => panic!("the cluster has {n} nodes, not {N}"),
+        }
+    }
+}
+
+/// What a running daemon changes by itself, relative to its state directory: its control
+/// socket and lock file (`run/`), the audit log (`var/log/`) and its own output
+/// (`daemon.log`, see [`Node::spawn`]).
+const CHANGED_BY_A_RUNNING_DAEMON: [&str; 3] = ["run", "var/log", "daemon.log"];
+
+/// The content of every file under the state directory `root`, keyed by its path relative
+/// to `root`, except [`CHANGED_BY_A_RUNNING_DAEMON`]: two snapshots are equal when nothing
+/// but the daemon's own bookkeeping changed in between.
+pub fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(root).unwrap();
+            if CHANGED_BY_A_RUNNING_DAEMON
+                .iter()
+                .any(|skip| rel.starts_with(skip))
+            {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.is_file() {
+                out.insert(rel.display().to_string(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
 }
 
 pub fn text(bytes: &[u8]) -> String {

@@ -1,26 +1,19 @@
-//! Client behaviour against small in-test dqlite peers over real sockets (plain TCP, mutual
-//! TLS, an abstract Unix socket). The peers play scripted answers built with the same codec,
-//! so retry and discovery paths that a live cluster produces only by chance are covered
+//! Client behaviour against scripted dqlite peers ([`crate::dqlite::fake`]) over real sockets
+//! (plain TCP, mutual TLS, an abstract Unix socket). The peers answer with the same codec, so
+//! retry and discovery paths that a live cluster produces only by chance are covered
 //! deterministically. The live-cluster tests are in tests/dqlite_client.rs.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::dqlite::proto::{decode_request, BOOTSTRAP_ID};
+use crate::dqlite::fake::*;
+use crate::dqlite::proto::BOOTSTRAP_ID;
 use crate::dqlite::tls::{client_config, server_config};
 use crate::pki::{self, LeafSpec};
-
-enum Action {
-    Reply(Response),
-    Close,
-}
-
-type Handler = Arc<dyn Fn(Request) -> Action + Send + Sync>;
 
 /// A distinct loopback address per listener, derived from the process id.
 fn loopback() -> IpAddr {
@@ -39,81 +32,6 @@ async fn bind() -> (TcpListener, String) {
     let listener = TcpListener::bind((loopback(), 0)).await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     (listener, address)
-}
-
-async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, handler: Handler) {
-    let mut version = [0u8; 8];
-    if s.read_exact(&mut version).await.is_err() || u64::from_le_bytes(version) != 1 {
-        return;
-    }
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        while let Ok(Some((req, used))) = decode_request(&buf) {
-            buf.drain(..used);
-            match handler(req) {
-                Action::Reply(resp) => {
-                    if s.write_all(&resp.encode().unwrap()).await.is_err() {
-                        return;
-                    }
-                }
-                Action::Close => return,
-            }
-        }
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-fn spawn_plain(listener: TcpListener, handler: Handler) {
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(serve_conn(s, handler.clone()));
-        }
-    });
-}
-
-fn spawn_tls(listener: TcpListener, config: Arc<rustls::ServerConfig>, handler: Handler) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                if let Ok(tls) = acceptor.accept(s).await {
-                    serve_conn(tls, handler).await;
-                }
-            });
-        }
-    });
-}
-
-/// A single-node "cluster" that leads itself and accepts every change.
-fn leader_of_one(address: &str) -> Handler {
-    let address = address.to_string();
-    Arc::new(move |req| {
-        Action::Reply(match req {
-            Request::Leader => Response::Node {
-                id: BOOTSTRAP_ID,
-                address: address.clone(),
-            },
-            Request::Cluster => Response::Nodes(vec![NodeInfo {
-                id: BOOTSTRAP_ID,
-                address: address.clone(),
-                role: Role::Voter,
-            }]),
-            Request::Describe => Response::Metadata(Metadata {
-                failure_domain: 3,
-                weight: 9,
-            }),
-            Request::Client { .. } => Response::Welcome {
-                heartbeat_timeout_ms: 15000,
-            },
-            _ => Response::Empty,
-        })
-    })
 }
 
 fn fast() -> Options {
