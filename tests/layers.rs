@@ -33,7 +33,7 @@ const LAYERS: &[(&str, u8, &str)] = &[
     (
         "pki",
         2,
-        "CA, leaves, fingerprints, rustls configurations, pinning",
+        "CA, leaves, fingerprints, rustls configurations",
     ),
     ("state", 3, "the state directory: the only user of std::fs"),
     (
