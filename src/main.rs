@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -16,7 +17,9 @@ fn main() -> ExitCode {
     match cli::run(parsed, cluster_agent::state::Environment::from_process()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!(
+            // Standard error may be gone too; the exit code still says what happened.
+            let _ = writeln!(
+                std::io::stderr(),
                 "Error: {}",
                 cluster_agent::util::errtext::error_chain(err.as_ref())
             );

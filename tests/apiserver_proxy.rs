@@ -525,6 +525,19 @@ fn sigterm_drains_open_connections_and_exits_0() {
 }
 
 #[test]
+fn sighup_is_ignored() {
+    let rt = runtime();
+    let up = EchoUpstream::start(&rt, unique_loopback().into(), "up0");
+    let mut proxy = ProxyProcess::start(&[up.address()], false, "0", &[]);
+    nix::sys::signal::kill(proxy.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
+    eventually("the hangup to be logged", DEADLINE, || {
+        proxy.log().contains("SIGHUP ignored").then_some(())
+    });
+    assert!(proxy.child.as_mut().unwrap().try_wait().unwrap().is_none());
+    assert_eq!(ask(proxy.listen).unwrap(), "up0");
+}
+
+#[test]
 fn drain_timeout_bounds_shutdown() {
     let rt = runtime();
     let up = EchoUpstream::start(&rt, unique_loopback().into(), "up0");

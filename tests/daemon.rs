@@ -269,3 +269,52 @@ fn microk8s_service_spelling_works() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn sighup_neither_stops_the_daemon_nor_loses_its_certificate() {
+    let mut node = Node::start();
+    let pid = nix::unistd::Pid::from_raw(node.child.as_ref().unwrap().id() as i32);
+    for _ in 0..3 {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    }
+    eventually("the reload to be logged", Duration::from_secs(10), || {
+        node.log_text()
+            .contains("SIGHUP: reloaded the :25000 certificate")
+            .then_some(())
+    });
+    assert!(
+        node.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the daemon died of SIGHUP:\n{}",
+        node.log_text()
+    );
+    let resp = https_client(&node.state)
+        .get(format!("https://{}/health", node.bind()))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (status, _) = node.terminate();
+    assert!(status.success());
+}
+
+#[test]
+fn a_failed_write_to_stdout_is_an_error_not_a_panic() {
+    let node = Node::start();
+    let out = agent(&[
+        "--state-dir".into(),
+        node.state.display().to_string(),
+        "add-node".into(),
+    ])
+    .stdout(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap(),
+    )
+    .stderr(std::process::Stdio::piped())
+    .output()
+    .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot write to standard output"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

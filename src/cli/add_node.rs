@@ -139,8 +139,7 @@ pub fn run(args: AddNodeArgs, state_dir: Option<PathBuf>, env: Environment) -> a
     } else {
         "cluster-agent join"
     };
-    print!("{}", render(&resp, args.format, join_cmd));
-    Ok(())
+    super::say(&render(&resp, args.format, join_cmd))
 }
 
 #[cfg(test)]

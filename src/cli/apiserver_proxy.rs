@@ -112,6 +112,9 @@ pub fn run(
     let runtime = super::server_runtime()?;
     runtime.block_on(async move {
         let proxy = Proxy::bind(config).await.context("proxy failed")?;
+        crate::sys::signal::on_hangup(|| {
+            tracing::info!("SIGHUP ignored: the provider file is re-read when it changes")
+        });
         proxy.serve(crate::sys::signal::shutdown_signal()).await;
         Ok(())
     })

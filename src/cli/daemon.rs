@@ -179,9 +179,13 @@ fn parse_network_latency(input: &str) -> Result<Duration, String> {
 pub fn run(args: DaemonArgs, state_dir: Option<PathBuf>, env: Environment) -> anyhow::Result<()> {
     let config = args.resolve(state_dir.as_deref(), &env);
     let runtime = super::server_runtime()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let daemon = crate::daemon::Daemon::start(config, HostIdentity::discover()).await?;
         daemon.serve(crate::sys::signal::shutdown_signal()).await;
         Ok::<(), anyhow::Error>(())
-    })
+    });
+    // A blocking task that is still running (a member that would not stop in time) must not
+    // keep the process from exiting: the stop budget is the promise.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    result
 }

@@ -32,6 +32,7 @@ pub fn code(kind: ErrorKind) -> u8 {
         | JoinInvalidConnection
         | JoinAlreadyWorker
         | JoinAlreadyClustered
+        | JoinMembershipUnreadable
         | JoinNeedsEmbeddedMember
         | JoinItself
         | JoinClockSkew

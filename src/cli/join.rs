@@ -36,10 +36,7 @@ pub fn run(args: JoinArgs, state_dir: Option<PathBuf>, env: Environment) -> anyh
         worker: args.worker,
         skip_verify: args.skip_verify,
     };
-    println!("Contacting cluster...");
+    super::say("Contacting cluster...\n")?;
     let resp: JoinClusterResponse = super::block_on(client.post(wire::JOIN, &req))??;
-    for line in resp.messages {
-        println!("{line}");
-    }
-    Ok(())
+    super::say_lines(&resp.messages)
 }

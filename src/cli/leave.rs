@@ -14,8 +14,5 @@ pub struct LeaveArgs {}
 pub fn run(_args: LeaveArgs, state_dir: Option<PathBuf>, env: Environment) -> anyhow::Result<()> {
     let client = super::control_client(state_dir, &env);
     let resp: LeaveResponse = super::block_on(client.post(wire::LEAVE, &serde_json::json!({})))??;
-    for line in resp.messages {
-        println!("{line}");
-    }
-    Ok(())
+    super::say_lines(&resp.messages)
 }

@@ -88,6 +88,27 @@ pub fn block_on<F: std::future::Future>(fut: F) -> anyhow::Result<F::Output> {
     Ok(rt.block_on(fut))
 }
 
+/// Writes `text` to standard output. A failed write (a closed pipe, a full disk) is an error
+/// for the caller to report, never a panic.
+pub fn say(text: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("cannot write to standard output")
+}
+
+/// [`say`] each line, with a newline after it.
+pub fn say_lines<S: AsRef<str>>(lines: &[S]) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for line in lines {
+        text.push_str(line.as_ref());
+        text.push('\n');
+    }
+    say(&text)
+}
+
 /// Maps an error to the process exit code (see [`exit`]).
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     exit::exit_code(err)

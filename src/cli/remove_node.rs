@@ -28,8 +28,5 @@ pub fn run(
         force: args.force,
     };
     let resp: RemoveNodeResponse = super::block_on(client.post(wire::REMOVE_NODE, &req))??;
-    for line in resp.messages {
-        println!("{line}");
-    }
-    Ok(())
+    super::say_lines(&resp.messages)
 }

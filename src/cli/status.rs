@@ -139,8 +139,7 @@ pub fn render(report: &StatusReport, format: Format) -> String {
 pub fn run(args: StatusArgs, state_dir: Option<PathBuf>, env: Environment) -> anyhow::Result<()> {
     let client = super::control_client(state_dir, &env);
     let report: StatusReport = super::block_on(client.get(wire::STATUS))??;
-    print!("{}", render(&report, args.format));
-    Ok(())
+    super::say(&render(&report, args.format))
 }
 
 #[cfg(test)]

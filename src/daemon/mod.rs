@@ -19,7 +19,7 @@ use crate::cluster::bootstrap::{self, BootstrapError, BootstrapOptions};
 use crate::cluster::datastore::{External, NodeDatastore};
 use crate::cluster::metrics::Metrics;
 use crate::cluster::node::{Node, NodeParts, NodeSettings};
-use crate::cluster::roles::driver::{self as roles, Handover, RolesConfig};
+use crate::cluster::roles::driver::{self as roles, RolesConfig, StepAside};
 use crate::cluster::serving::{Serving, ServingError};
 use crate::control::server as control;
 use crate::control::wire::DaemonInfo;
@@ -33,11 +33,14 @@ use crate::sys::services::{self, ServiceManagerKind};
 
 pub use crate::pki::tls::MinTls;
 
-/// How long a stopping voter may spend handing its role over.
-pub const HANDOVER_BUDGET: Duration = Duration::from_secs(3);
+/// How long a stopping leader may spend handing leadership over.
+pub const HANDOVER_BUDGET: Duration = Duration::from_secs(2);
 
 /// How long open connections get to finish after a shutdown signal.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// A stop ends within this, whatever the cluster does (the README promises 5 s).
+pub const STOP_BUDGET: Duration = Duration::from_millis(4500);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DatastoreMode {
@@ -254,6 +257,19 @@ impl Daemon {
             "starting cluster agent on https://{}",
             config.bind
         );
+        let reload = app.node.clone();
+        let hangup_handled = crate::sys::signal::on_hangup(move || {
+            let node = reload.clone();
+            tokio::task::spawn_blocking(move || match node.reload_serving_cert() {
+                Ok(()) => tracing::info!("SIGHUP: reloaded the :25000 certificate"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "SIGHUP: keeping the current :25000 certificate")
+                }
+            });
+        });
+        if !hangup_handled {
+            tracing::warn!("cannot handle SIGHUP; a hangup will stop the daemon");
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let info = DaemonInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -309,39 +325,44 @@ impl Daemon {
         ));
         shutdown.await;
         tracing::info!("shutting down");
+        let stop_by = tokio::time::Instant::now() + STOP_BUDGET;
         let _ = stop_tx.send(true);
-        // The open connections drain while this member hands its role over; both are bounded
-        // so the whole stop stays within SHUTDOWN_GRACE.
+        // A round of the roles driver may be waiting on a peer that is gone: it must not hold
+        // the stop up, and no role may change while this member goes.
+        if let Some(task) = roles_task {
+            task.abort();
+            let _ = task.await;
+        }
+        // The open connections drain while this member hands leadership over; both are
+        // bounded so the whole stop stays within STOP_BUDGET.
         let drain = tokio::time::timeout(SHUTDOWN_GRACE, async {
             let _ = https_task.await;
             let _ = control_task.await;
         });
         let handover = async {
-            if let Some(task) = roles_task {
-                let _ = task.await;
-            }
             if let Some(live) = membership.as_ref().and_then(|m| m.live()) {
-                match roles::handover(&live.client, live.own_id, &config.roles, HANDOVER_BUDGET)
+                match roles::step_aside(&live.client, live.own_id, &config.roles, HANDOVER_BUDGET)
                     .await
                 {
-                    Ok(Handover::KeptForQuorum {
-                        live_voters,
-                        voters,
-                    }) => tracing::warn!(
-                        live_voters,
-                        voters,
-                        "staying a voter: the other voters lack a quorum without this member"
+                    Ok(StepAside::Transferred { to }) => {
+                        tracing::info!(to = format_args!("{to:#x}"), "leadership handed over")
+                    }
+                    Ok(StepAside::Kept) => tracing::info!(
+                        "no other voter answered; the others elect a leader once this member is gone"
                     ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "role handover before stopping failed"),
+                    Ok(StepAside::NotLeader) => {}
+                    Err(e) => tracing::warn!(error = %e, "leadership handover before stopping failed"),
                 }
             }
         };
         let _ = tokio::join!(drain, handover);
-        // Before the runtime goes away (dqlite-hosting-notes: stop the node first).
+        // Before the runtime goes away (dqlite-hosting-notes: stop the node first). Without
+        // a quorum raft may take long to close; the process ends by its budget regardless.
         if let Some(m) = membership {
-            if let Err(e) = m.stop().await {
-                tracing::warn!(error = %e, "dqlite member did not stop cleanly");
+            match tokio::time::timeout_at(stop_by, m.stop()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "dqlite member did not stop cleanly"),
+                Err(_) => tracing::warn!("dqlite member did not stop within the stop budget"),
             }
         }
         let _ = crate::state::remove_file(&config.state_dir.join("run/cluster-agent.sock"));

@@ -17,6 +17,8 @@ pub enum ErrorKind {
     JoinInvalidConnection,
     JoinAlreadyWorker,
     JoinAlreadyClustered,
+    /// This node's own datastore membership cannot be read.
+    JoinMembershipUnreadable,
     JoinNeedsEmbeddedMember,
     JoinItself,
     JoinClockSkew,
@@ -69,6 +71,7 @@ impl ErrorKind {
         ErrorKind::JoinInvalidConnection,
         ErrorKind::JoinAlreadyWorker,
         ErrorKind::JoinAlreadyClustered,
+        ErrorKind::JoinMembershipUnreadable,
         ErrorKind::JoinNeedsEmbeddedMember,
         ErrorKind::JoinItself,
         ErrorKind::JoinClockSkew,

@@ -113,7 +113,12 @@ impl Node {
 
     pub fn spawn(&mut self, extra: &[&str]) {
         self.log = self.state.join("daemon.log");
-        let log = std::fs::File::create(&self.log).unwrap();
+        // Appended: a restarted daemon's log follows the one before it.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let mut args = vec![
             "daemon".to_string(),
             "--state-dir".into(),
@@ -169,6 +174,13 @@ impl Node {
         (status, start.elapsed())
     }
 
+    /// Starts the daemon again on the same address and state directory (after `terminate` or
+    /// `kill`) and waits for /health.
+    pub fn restart(&mut self) {
+        self.spawn(&[]);
+        self.wait_healthy();
+    }
+
     /// `status --format json` through this node's control socket; `None` if it fails.
     pub fn status_json(&self) -> Option<serde_json::Value> {
         let out = cli(self, &["status", "--format", "json"]);
@@ -186,6 +198,32 @@ impl Node {
     pub fn kill(&mut self) {
         kill9(&mut self.child);
     }
+}
+
+/// SIGTERM to every node at the same moment (a power cut with systemd, `snap stop` on every
+/// machine), then waits for each to exit. Returns each node's exit status and how long it took
+/// from the signal.
+pub fn stop_all(nodes: &mut [&mut Node]) -> Vec<(std::process::ExitStatus, Duration)> {
+    let start = Instant::now();
+    for node in nodes.iter() {
+        let pid = node.child.as_ref().expect("the daemon is running").id();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+    }
+    nodes
+        .iter_mut()
+        .map(|node| {
+            let child = node.child.as_mut().unwrap();
+            let status = eventually("daemon exit", Duration::from_secs(30), || {
+                child.try_wait().unwrap()
+            });
+            node.child = None;
+            (status, start.elapsed())
+        })
+        .collect()
 }
 
 /// kill -9 and reap the running process in `child`, leaving `None`.
@@ -352,4 +390,42 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
 
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `(address, role, reachable)` of every member in a `status --format json` answer, sorted.
+pub fn members(status: &serde_json::Value) -> Vec<(String, String, bool)> {
+    let mut out: Vec<(String, String, bool)> = status["members"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    (
+                        m["address"].as_str().unwrap_or("").to_string(),
+                        m["role"].as_str().unwrap_or("").to_string(),
+                        m["reachable"].as_bool().unwrap_or(false),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Voters that answer, in a `status --format json` answer.
+pub fn live_voters(status: &serde_json::Value) -> usize {
+    members(status)
+        .iter()
+        .filter(|(_, r, ok)| r == "voter" && *ok)
+        .count()
+}
+
+/// The raft leader's address in a `status --format json` answer, if one is known.
+pub fn leader(status: &serde_json::Value) -> Option<String> {
+    status["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["leader"] == true)
+        .and_then(|m| m["address"].as_str())
+        .map(str::to_string)
 }

@@ -1,7 +1,8 @@
 //! The roles driver: on the node whose member is the raft leader, probe every member with
 //! DESCRIBE each interval (bounded parallelism, short deadline), feed the pure
 //! [`super::policy::plan`], apply its first change with ASSIGN, re-snapshot, repeat until the
-//! plan is empty. Followers only watch. Also the graceful handover of a stopping voter.
+//! plan is empty. Followers only watch. Also what a stopping member does ([`step_aside`]:
+//! leadership only) and the handover of a leaving voter ([`handover`]: its role too).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,6 +174,63 @@ pub async fn run(
 /// How often the driver looks at the membership list between full probe rounds.
 const MEMBERSHIP_POLL: Duration = Duration::from_millis(200);
 
+/// What a stopping member did for the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepAside {
+    /// It was not the leader: nothing to do.
+    NotLeader,
+    /// Leadership went to this voter.
+    Transferred { to: u64 },
+    /// It leads and no other voter answered (or the transfer did not complete): the others
+    /// elect a leader once it is gone.
+    Kept,
+}
+
+/// What a stopping member does: if it leads, it hands leadership to a voter that answers,
+/// so the cluster does not wait out an election. It changes no roles. A stop is not a
+/// leave: when every member stops at once (a power cut, `snap stop` everywhere), each one
+/// sees a stale view of the others, and demotions decided on those views can leave the
+/// restarted cluster without the voters it needs. With the roles as they were, any
+/// majority of the voters elects a leader when it comes back; a member that stays down is
+/// replaced by the roles manager on the new leader, which sees who answers now.
+/// Bounded by `budget`; raft completes a transfer only to a voter that has caught up.
+pub async fn step_aside(
+    client: &Arc<Client>,
+    own_id: u64,
+    cfg: &RolesConfig,
+    budget: Duration,
+) -> Result<StepAside, String> {
+    tokio::time::timeout(budget, async {
+        let leader = client.leader().await.map_err(|e| e.to_string())?;
+        if leader.id != own_id {
+            return Ok(StepAside::NotLeader);
+        }
+        let nodes = client.cluster().await.map_err(|e| e.to_string())?;
+        let voters: Vec<NodeInfo> = nodes
+            .into_iter()
+            .filter(|n| n.id != own_id && n.role == Role::Voter)
+            .collect();
+        let probed = snapshot(client, &voters, cfg).await;
+        let Some(to) = probed
+            .iter()
+            .filter(|v| v.alive)
+            .min_by_key(|v| (v.weight, v.id))
+            .map(|v| v.id)
+        else {
+            return Ok(StepAside::Kept);
+        };
+        match client.transfer(to).await {
+            Ok(()) => Ok(StepAside::Transferred { to }),
+            Err(e) => {
+                tracing::debug!(error = %e, to, "leadership transfer did not complete");
+                Ok(StepAside::Kept)
+            }
+        }
+    })
+    .await
+    .map_err(|_| format!("stepping aside did not finish within {budget:?}"))?
+}
+
 /// What a handover did about this member's own role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handover {
@@ -185,7 +243,7 @@ pub enum Handover {
     KeptForQuorum { live_voters: usize, voters: usize },
 }
 
-/// Graceful handover before this member stops: if it is the leader, leadership goes to
+/// Handover before this member leaves the cluster: if it is the leader, leadership goes to
 /// another voter; the policy's changes for a cluster without this member are applied
 /// (promotions of live replacements, demotions of dead voters, in the policy's quorum-safe
 /// order); then this member becomes a spare, unless the others would lack a quorum without

@@ -53,6 +53,11 @@ fn touched(node: &Node) -> Vec<PathBuf> {
     v
 }
 
+/// Where a control-plane join keeps this node's previous datastore until it has joined.
+pub fn backup_dir(backend: &Path) -> PathBuf {
+    backend.with_file_name("backend.join-backup")
+}
+
 /// A step of the install failed; the text says which and why.
 #[derive(Debug)]
 struct StepFailed(String);
@@ -86,7 +91,7 @@ pub async fn join(
         return Err(JoinError::NotAControlPlaneCluster);
     };
     let backend = node.state().layout().backend_dir();
-    let aside = backend.with_file_name("backend.join-backup");
+    let aside = backup_dir(&backend);
     if crate::state::exists(&aside) {
         // Left by a join whose rollback failed (or a crash mid-join): it may hold the only
         // copy of this node's previous datastore, so it is never deleted here.

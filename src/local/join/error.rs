@@ -15,6 +15,10 @@ pub enum JoinError {
     AlreadyWorker,
     #[error("This node is already part of a cluster with other members. Run 'cluster-agent leave' first.")]
     AlreadyClustered,
+    /// This node's own datastore did not answer: joining would replace data that may be
+    /// the only copy of a cluster that lost quorum.
+    #[error("Cannot read this node's datastore membership ({0}). Joining would replace its data; if this node's cluster lost quorum, recover it first. Nothing was changed.")]
+    MembershipUnreadable(String),
     #[error(
         "Joining as a control-plane node needs the embedded dqlite member (--datastore embedded)."
     )]
@@ -68,6 +72,7 @@ impl Refusal for JoinError {
             JoinError::InvalidConnection(_) => ErrorKind::JoinInvalidConnection,
             JoinError::AlreadyWorker => ErrorKind::JoinAlreadyWorker,
             JoinError::AlreadyClustered => ErrorKind::JoinAlreadyClustered,
+            JoinError::MembershipUnreadable(_) => ErrorKind::JoinMembershipUnreadable,
             JoinError::NeedsEmbeddedMember => ErrorKind::JoinNeedsEmbeddedMember,
             JoinError::JoiningItself(_) => ErrorKind::JoinItself,
             JoinError::ClockSkew { .. } => ErrorKind::JoinClockSkew,

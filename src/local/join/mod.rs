@@ -23,6 +23,8 @@ use crate::format::wire::{ErrorBody, JoinRequest, JoinResponseV2};
 
 /// How long the preflight `/health` may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long this node's own membership may take to answer before a control-plane join.
+const MEMBERSHIP_CHECK: Duration = Duration::from_secs(5);
 /// How long the join request may take (the cluster may first move its datastore).
 pub(crate) const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -151,15 +153,29 @@ pub async fn join_cluster(
 }
 
 /// A control-plane join replaces this node's datastore: refuse before any token is used if
-/// it cannot (no embedded member) or should not (it already has other members).
+/// it cannot (no embedded member, a backup of an unfinished join in the way) or should not
+/// (it has other members, or its membership cannot be read: a cluster that lost quorum
+/// must never have its data replaced).
 async fn check_can_join_as_control_plane(node: &Node) -> Result<(), JoinError> {
     let Some(live) = node.membership().and_then(|m| m.live()) else {
         return Err(JoinError::NeedsEmbeddedMember);
     };
-    if let Ok(members) = live.client.cluster().await {
-        if members.len() > 1 {
-            return Err(JoinError::AlreadyClustered);
-        }
+    let backend = node.state().layout().backend_dir();
+    let backup = control_plane::backup_dir(&backend);
+    if crate::state::exists(&backup) {
+        return Err(JoinError::UnfinishedEarlierJoin { backup, backend });
+    }
+    let members = tokio::time::timeout(MEMBERSHIP_CHECK, live.client.cluster())
+        .await
+        .map_err(|_| {
+            JoinError::MembershipUnreadable(format!(
+                "no leader answered within {}s",
+                MEMBERSHIP_CHECK.as_secs()
+            ))
+        })?
+        .map_err(|e| JoinError::MembershipUnreadable(e.to_string()))?;
+    if members.len() > 1 {
+        return Err(JoinError::AlreadyClustered);
     }
     Ok(())
 }
