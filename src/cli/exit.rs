@@ -18,6 +18,8 @@ pub const UNVERIFIED: u8 = 4;
 pub const DATASTORE_UNCHANGED: u8 = 5;
 /// `join`: the server refused the join (MicroK8s's 6).
 pub const REFUSED: u8 = 6;
+/// The command was interrupted (128 + SIGINT, as shells report it); the daemon goes on.
+pub const INTERRUPTED: u8 = 130;
 
 /// The exit code of a failure of `kind`.
 pub fn code(kind: ErrorKind) -> u8 {
@@ -27,6 +29,7 @@ pub fn code(kind: ErrorKind) -> u8 {
         JoinRefused => REFUSED,
         LeaveOnlyVoter => ONLY_VOTER,
         LeaveDatastoreUnchanged | RemoveDatastoreUnchanged => DATASTORE_UNCHANGED,
+        Interrupted => INTERRUPTED,
         AddNodeBadToken
         | AddNodeOnWorker
         | JoinInvalidConnection
@@ -57,6 +60,8 @@ pub fn code(kind: ErrorKind) -> u8 {
         | RemoveNotMember
         | RemoveNeedsForce
         | RemoveAmbiguous
+        | Busy
+        | OutcomeUnknown
         | Internal => FAILURE,
     }
 }
@@ -82,10 +87,9 @@ pub const DAEMON_HELP: &str = "Exit codes: 0 stopped by SIGTERM/SIGINT, 1 a conf
 pub const STATUS_HELP: &str = "Exit codes: 0 status shown, 1 no daemon answers, 2 usage.";
 pub const APISERVER_PROXY_HELP: &str = "Exit codes: 0 stopped by SIGTERM/SIGINT after the drain, 1 a file is unreadable or malformed or the port cannot be bound, 2 usage.";
 pub const ADD_NODE_HELP: &str = "Exit codes: 0 token issued, 1 failure, 2 usage.";
-pub const JOIN_HELP: &str =
-    "Exit codes: 0 joined, 1 failure, 2 usage, 4 server identity not verified, 6 join refused by the server.";
-pub const LEAVE_HELP: &str = "Exit codes: 0 left, 1 failure, 2 usage, 3 this node holds the only copy of the datastore, 5 the cluster did not remove this node (nothing changed).";
-pub const REMOVE_NODE_HELP: &str = "Exit codes: 0 removed, 1 refused or failed, 2 usage, 5 the cluster did not remove the member (nothing changed).";
+pub const JOIN_HELP: &str = "Exit codes: 0 joined, 1 failure, 2 usage, 4 server identity not verified, 6 join refused by the server, 130 interrupted (the daemon goes on; see `status`).";
+pub const LEAVE_HELP: &str = "Exit codes: 0 left, 1 failure, 2 usage, 3 this node holds the only copy of the datastore, 5 the cluster did not remove this node (nothing changed), 130 interrupted (the daemon goes on; see `status`).";
+pub const REMOVE_NODE_HELP: &str = "Exit codes: 0 removed, 1 refused or failed, 2 usage, 5 the cluster did not remove the member (nothing changed), 130 interrupted (the daemon goes on; see `status`).";
 
 #[cfg(test)]
 mod tests {
@@ -105,11 +109,7 @@ mod tests {
     fn every_code_a_command_can_exit_with_is_in_its_help() {
         for kind in ErrorKind::ALL {
             let code = code(*kind);
-            let commands = match kind.command() {
-                Some(c) => vec![c],
-                None => vec!["add-node", "join", "leave", "remove-node"],
-            };
-            for command in commands {
+            for command in kind.commands() {
                 let help = help_of(command);
                 assert!(
                     help.contains(&format!(" {code} ")),

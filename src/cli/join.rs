@@ -37,6 +37,6 @@ pub fn run(args: JoinArgs, state_dir: Option<PathBuf>, env: Environment) -> anyh
         skip_verify: args.skip_verify,
     };
     super::say("Contacting cluster...\n")?;
-    let resp: JoinClusterResponse = super::block_on(client.post(wire::JOIN, &req))??;
+    let resp: JoinClusterResponse = super::membership_change(&client, wire::JOIN, &req, "join")?;
     super::say_lines(&resp.messages)
 }

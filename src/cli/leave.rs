@@ -13,6 +13,7 @@ pub struct LeaveArgs {}
 
 pub fn run(_args: LeaveArgs, state_dir: Option<PathBuf>, env: Environment) -> anyhow::Result<()> {
     let client = super::control_client(state_dir, &env);
-    let resp: LeaveResponse = super::block_on(client.post(wire::LEAVE, &serde_json::json!({})))??;
+    let resp: LeaveResponse =
+        super::membership_change(&client, wire::LEAVE, &serde_json::json!({}), "leave")?;
     super::say_lines(&resp.messages)
 }

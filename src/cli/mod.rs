@@ -88,6 +88,58 @@ pub fn block_on<F: std::future::Future>(fut: F) -> anyhow::Result<F::Output> {
     Ok(rt.block_on(fut))
 }
 
+/// Asks the daemon for a membership change (`what`: join, leave, removal) and waits for its
+/// answer. The daemon carries the change through whatever happens here: if this command is
+/// interrupted (Ctrl-C, a lost terminal) it says so and exits 130; if the daemon goes away
+/// before answering, it says how the outcome will be known, never that nothing changed.
+pub fn membership_change<R, B>(
+    client: &crate::control::client::LocalClient,
+    path: &str,
+    body: &B,
+    what: &str,
+) -> anyhow::Result<R>
+where
+    R: serde::de::DeserializeOwned,
+    B: serde::Serialize,
+{
+    use crate::control::client::LocalError;
+    use crate::local::error::{ErrorKind, Failed};
+    let answer = block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut hup), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return Some(client.post::<B, R>(path, body).await);
+        };
+        tokio::select! {
+            answer = client.post::<B, R>(path, body) => Some(answer),
+            _ = int.recv() => None,
+            _ = hup.recv() => None,
+            _ = term.recv() => None,
+        }
+    })?;
+    match answer {
+        Some(Ok(answer)) => Ok(answer),
+        Some(Err(LocalError::Lost { reason, .. })) => Err(Failed {
+            kind: ErrorKind::OutcomeUnknown,
+            message: format!(
+                "The cluster-agent daemon stopped during the {what} ({reason}). When it starts again it finishes or undoes the {what} before it serves anything; then `cluster-agent status` shows where this node stands."
+            ),
+        }
+        .into()),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(Failed {
+            kind: ErrorKind::Interrupted,
+            message: format!(
+                "Interrupted. The daemon goes on with the {what}; `cluster-agent status` shows it while it runs and where this node stands after."
+            ),
+        }
+        .into()),
+    }
+}
+
 /// Writes `text` to standard output. A failed write (a closed pipe, a full disk) is an error
 /// for the caller to report, never a panic.
 pub fn say(text: &str) -> anyhow::Result<()> {

@@ -27,6 +27,7 @@ pub fn run(
         node: args.node,
         force: args.force,
     };
-    let resp: RemoveNodeResponse = super::block_on(client.post(wire::REMOVE_NODE, &req))??;
+    let resp: RemoveNodeResponse =
+        super::membership_change(&client, wire::REMOVE_NODE, &req, "removal")?;
     super::say_lines(&resp.messages)
 }

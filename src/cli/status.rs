@@ -73,10 +73,25 @@ pub fn render(report: &StatusReport, format: Format) -> String {
                     serde_json::to_string(e).unwrap_or_default()
                 ));
             }
+            if let Some(op) = &report.operation {
+                let quoted = |t: &str| serde_json::to_string(t).unwrap_or_default();
+                out.push_str(&format!(
+                    "operation:\n  name: {}\n  step: {}\n  running-for-seconds: {}\n",
+                    op.operation,
+                    quoted(&op.step),
+                    op.running_for_secs
+                ));
+            }
             out
         }
         Format::Pretty => {
             let mut out = String::new();
+            if let Some(op) = &report.operation {
+                out.push_str(&format!(
+                    "operation in progress: {} ({}, for {} s)\n",
+                    op.operation, op.step, op.running_for_secs
+                ));
+            }
             if report.worker {
                 out.push_str("This MicroK8s deployment is acting as a node in a cluster.\nPlease use the control plane node.\n");
                 return out;
@@ -180,6 +195,7 @@ mod tests {
             worker: false,
             members,
             error: None,
+            operation: None,
         }
     }
 

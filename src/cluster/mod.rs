@@ -7,6 +7,7 @@ pub mod calico;
 pub mod datastore;
 pub mod metrics;
 pub mod node;
+pub mod operation;
 pub mod roles;
 pub mod serving;
 pub mod tokens;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::clients::peer::PeerClient;
 use crate::cluster::bootstrap::{self, BootstrapError, BootstrapOptions};
 use crate::cluster::datastore::Datastore;
+use crate::cluster::operation::Operations;
 use crate::cluster::roles::driver::RolesConfig;
 use crate::cluster::serving::{Serving, ServingError};
 use crate::cluster::tokens::TokenStore;
@@ -60,14 +61,21 @@ pub struct NodeParts {
 pub struct Node {
     parts: Arc<NodeParts>,
     tokens: TokenStore,
+    operations: Operations,
 }
 
 impl Node {
     pub fn new(parts: NodeParts) -> Node {
         Node {
             tokens: TokenStore::new(parts.state.clone(), parts.clock.clone()),
+            operations: Operations::default(),
             parts: Arc::new(parts),
         }
+    }
+
+    /// The membership change in progress on this node (one at a time).
+    pub fn operations(&self) -> &Operations {
+        &self.operations
     }
 
     pub fn state(&self) -> &StateDir {

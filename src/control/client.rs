@@ -16,6 +16,10 @@ use super::wire::{ErrorKind, Failed};
 pub enum LocalError {
     #[error("cannot reach the cluster-agent daemon at {path}: {reason}. Is it running? (start it with `cluster-agent daemon`)")]
     Unreachable { path: PathBuf, reason: String },
+    /// The request went out but no answer came back: the daemon stopped (or crashed) while
+    /// it was working on it.
+    #[error("the cluster-agent daemon at {path} stopped answering: {reason}")]
+    Lost { path: PathBuf, reason: String },
     /// A refusal of the requested operation: its message is for the user as it is.
     #[error("{0}")]
     Refused(Failed),
@@ -76,13 +80,19 @@ impl LocalClient {
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| LocalError::Lost {
+                path: self.socket.clone(),
+                reason: e.to_string(),
+            })?;
         let status = resp.status().as_u16();
         let bytes = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| LocalError::Protocol(e.to_string()))?
+            .map_err(|e| LocalError::Lost {
+                path: self.socket.clone(),
+                reason: e.to_string(),
+            })?
             .to_bytes();
         if status != 200 {
             return Err(LocalError::Refused(refusal(&bytes)));

@@ -118,22 +118,49 @@ async fn status_handler(State(s): State<ControlState>) -> Json<wire::StatusRepor
     Json(status::status(&s.node).await)
 }
 
+/// Runs a membership change to its end (or its own rollback) as a task of its own: the CLI
+/// that asked for it may go away (Ctrl-C, a lost terminal) without cancelling it halfway.
+async fn detached<T, E>(
+    op: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
+) -> Result<T, ControlError>
+where
+    T: Send + 'static,
+    E: Refusal + Send + 'static,
+{
+    match tokio::spawn(op).await {
+        Ok(result) => result.map_err(ControlError::from),
+        Err(e) => Err(ControlError {
+            kind: ErrorKind::Internal,
+            message: format!("the operation's task failed: {e}"),
+        }),
+    }
+}
+
 async fn join_handler(
     State(s): State<ControlState>,
     Json(req): Json<wire::JoinClusterRequest>,
 ) -> Result<Json<wire::JoinClusterResponse>, ControlError> {
-    Ok(Json(join::join_cluster(&s.node, req).await?))
+    let node = s.node;
+    Ok(Json(
+        detached(async move { join::join_cluster(&node, req).await }).await?,
+    ))
 }
 
 async fn leave_handler(
     State(s): State<ControlState>,
 ) -> Result<Json<wire::LeaveResponse>, ControlError> {
-    Ok(Json(leave::leave(&s.node).await?))
+    let node = s.node;
+    Ok(Json(
+        detached(async move { leave::leave(&node).await }).await?,
+    ))
 }
 
 async fn remove_node_handler(
     State(s): State<ControlState>,
     Json(req): Json<wire::RemoveNodeRequest>,
 ) -> Result<Json<wire::RemoveNodeResponse>, ControlError> {
-    Ok(Json(remove_node::remove_node(&s.node, req).await?))
+    let node = s.node;
+    Ok(Json(
+        detached(async move { remove_node::remove_node(&node, req).await }).await?,
+    ))
 }

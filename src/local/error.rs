@@ -59,6 +59,13 @@ pub enum ErrorKind {
     RemoveAmbiguous,
     /// The cluster did not take the member out: nothing changed.
     RemoveDatastoreUnchanged,
+    /// Another membership change is in progress on this node.
+    Busy,
+    /// The daemon went away while it was doing the operation: its outcome is settled when it
+    /// starts again.
+    OutcomeUnknown,
+    /// The command was interrupted (Ctrl-C, a lost terminal); the daemon carries on.
+    Interrupted,
     /// A fault of this agent (see its log).
     Internal,
 }
@@ -101,24 +108,42 @@ impl ErrorKind {
         ErrorKind::RemoveNeedsForce,
         ErrorKind::RemoveAmbiguous,
         ErrorKind::RemoveDatastoreUnchanged,
+        ErrorKind::Busy,
+        ErrorKind::OutcomeUnknown,
+        ErrorKind::Interrupted,
         ErrorKind::Internal,
     ];
 
-    /// The command whose failures this kind describes (`None`: any command).
-    pub fn command(self) -> Option<&'static str> {
-        let name = serde_json::to_value(self).ok()?;
-        let name = name.as_str()?;
-        ["add-node", "join", "leave", "remove"]
-            .into_iter()
-            .find(|prefix| name.starts_with(prefix))
-            .map(|prefix| {
-                if prefix == "remove" {
-                    "remove-node"
-                } else {
-                    prefix
-                }
-            })
+    /// The commands that can fail with this kind.
+    pub fn commands(self) -> &'static [&'static str] {
+        const MEMBERSHIP: &[&str] = &["join", "leave", "remove-node"];
+        const ALL: &[&str] = &["add-node", "join", "leave", "remove-node"];
+        match self {
+            ErrorKind::Busy | ErrorKind::OutcomeUnknown | ErrorKind::Interrupted => MEMBERSHIP,
+            ErrorKind::Internal => ALL,
+            other => {
+                let name = serde_json::to_value(other)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                ALL.iter()
+                    .find(|command| {
+                        let prefix = command.trim_end_matches("-node");
+                        name.starts_with(&format!("{prefix}-"))
+                    })
+                    .map(std::slice::from_ref)
+                    .unwrap_or(ALL)
+            }
+        }
     }
+}
+
+/// The refusal of an operation that found another one in progress.
+pub fn busy_message(running: &crate::cluster::operation::InProgress) -> String {
+    format!(
+        "Another operation is in progress on this node: {} ({}, for {} s). Wait for it to end; `cluster-agent status` shows it.",
+        running.operation, running.step, running.running_for_secs
+    )
 }
 
 /// A local operation's error: its message is for the user as it is, its kind for scripts.
@@ -144,6 +169,23 @@ impl Failed {
     }
 }
 
+/// The conversions every membership change's error has: another change in progress is
+/// `Busy`; a state file it cannot read or a worker task that died is `Internal`.
+macro_rules! membership_change_error {
+    ($error:ident) => {
+        impl From<crate::cluster::operation::InProgress> for $error {
+            fn from(running: crate::cluster::operation::InProgress) -> Self {
+                $error::Busy(crate::local::error::busy_message(&running))
+            }
+        }
+        crate::util::internal_from!(
+            $error: crate::sys::blocking::TaskFailed,
+            crate::state::StateError
+        );
+    };
+}
+pub(crate) use membership_change_error;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,9 +196,11 @@ mod tests {
             serde_json::to_value(ErrorKind::JoinIdentityNotVerified).unwrap(),
             "join-identity-not-verified"
         );
-        assert_eq!(ErrorKind::RemoveNeedsForce.command(), Some("remove-node"));
-        assert_eq!(ErrorKind::AddNodeBadToken.command(), Some("add-node"));
-        assert_eq!(ErrorKind::Internal.command(), None);
+        assert_eq!(ErrorKind::RemoveNeedsForce.commands(), ["remove-node"]);
+        assert_eq!(ErrorKind::AddNodeBadToken.commands(), ["add-node"]);
+        assert_eq!(ErrorKind::LeaveOnlyVoter.commands(), ["leave"]);
+        assert_eq!(ErrorKind::Internal.commands().len(), 4);
+        assert_eq!(ErrorKind::Busy.commands(), ["join", "leave", "remove-node"]);
         let names: std::collections::BTreeSet<String> = ErrorKind::ALL
             .iter()
             .map(|k| {

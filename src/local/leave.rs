@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ErrorKind, Refusal};
 use crate::cluster::node::Node;
+use crate::cluster::operation::Ticket;
 use crate::cluster::roles::driver::{handover, Handover};
 use crate::state::backup::Backup;
-use crate::sys::blocking::{blocking, TaskFailed};
+use crate::sys::blocking::blocking;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LeaveResponse {
@@ -37,6 +38,9 @@ pub enum LeaveError {
     /// A worker's leave failed; every file was restored.
     #[error("Leaving failed: {0}. This node was restored to its previous state.")]
     RolledBack(String),
+    /// Another membership change is in progress on this node.
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -51,24 +55,27 @@ impl Refusal for LeaveError {
             LeaveError::DatastoreUnchanged { .. } => ErrorKind::LeaveDatastoreUnchanged,
             LeaveError::ResetFailed(_) => ErrorKind::LeaveResetFailed,
             LeaveError::RolledBack(_) => ErrorKind::LeaveRolledBack,
+            LeaveError::Busy(_) => ErrorKind::Busy,
             LeaveError::Internal(_) => ErrorKind::Internal,
         }
     }
 }
 
-crate::util::internal_from!(LeaveError: TaskFailed, crate::state::StateError);
+crate::local::error::membership_change_error!(LeaveError);
 
 pub async fn leave(node: &Node) -> Result<LeaveResponse, LeaveError> {
+    let ticket = node.operations().begin("leave")?;
     if node.state().has_marker("clustered.lock") {
+        ticket.step("resetting this worker to a standalone node");
         let node = node.clone();
         return blocking(move || leave_worker(&node)).await;
     }
-    leave_control_plane(node).await
+    leave_control_plane(node, &ticket).await
 }
 
 /// A control plane hands its role over, removes itself from the cluster, and starts again as
 /// a fresh single-node cluster with new certificates.
-async fn leave_control_plane(node: &Node) -> Result<LeaveResponse, LeaveError> {
+async fn leave_control_plane(node: &Node, ticket: &Ticket) -> Result<LeaveResponse, LeaveError> {
     let membership = node.membership().cloned().ok_or(LeaveError::NotClustered)?;
     let live = membership.live().ok_or(LeaveError::NotClustered)?;
     let members = live
@@ -88,6 +95,7 @@ async fn leave_control_plane(node: &Node) -> Result<LeaveResponse, LeaveError> {
     }
     let mut messages = Vec::new();
     let cfg = node.settings().roles.clone();
+    ticket.step("handing this member's role over");
     match handover(&live.client, live.own_id, &cfg, Duration::from_secs(20)).await {
         Ok(Handover::KeptForQuorum {
             live_voters,
@@ -103,6 +111,7 @@ async fn leave_control_plane(node: &Node) -> Result<LeaveResponse, LeaveError> {
             "WARNING: handing the role over failed ({e}); removing anyway."
         )),
     }
+    ticket.step("removing this member from the cluster");
     live.client
         .remove(live.own_id)
         .await
@@ -112,6 +121,7 @@ async fn leave_control_plane(node: &Node) -> Result<LeaveResponse, LeaveError> {
         })?;
     messages.push(format!("Removed {} from the cluster.", live.own_address));
 
+    ticket.step("resetting this node to a single-node cluster");
     membership
         .stop()
         .await

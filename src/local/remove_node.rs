@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{ErrorKind, Refusal};
 use crate::cluster::datastore::Member;
 use crate::cluster::node::Node;
-use crate::sys::blocking::{blocking, TaskFailed};
+use crate::sys::blocking::blocking;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoveError {
@@ -37,6 +37,9 @@ pub enum RemoveError {
     /// The cluster did not remove the member; nothing changed.
     #[error("Contacting node {address} failed. Error: {error}")]
     DatastoreUnchanged { address: String, error: String },
+    /// Another membership change is in progress on this node.
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -52,12 +55,13 @@ impl Refusal for RemoveError {
             RemoveError::NeedsForce { .. } => ErrorKind::RemoveNeedsForce,
             RemoveError::Ambiguous { .. } => ErrorKind::RemoveAmbiguous,
             RemoveError::DatastoreUnchanged { .. } => ErrorKind::RemoveDatastoreUnchanged,
+            RemoveError::Busy(_) => ErrorKind::Busy,
             RemoveError::Internal(_) => ErrorKind::Internal,
         }
     }
 }
 
-crate::util::internal_from!(RemoveError: TaskFailed);
+crate::local::error::membership_change_error!(RemoveError);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RemoveNodeRequest {
@@ -108,6 +112,8 @@ pub async fn remove_node(
     if req.node.trim().is_empty() {
         return Err(RemoveError::NoNodeGiven);
     }
+    let ticket = node.operations().begin("remove-node")?;
+    ticket.step(&format!("removing {}", req.node.trim()));
     let (ips, id) = match parse_node_ref(&req.node) {
         NodeRef::Ip(ip) => (vec![ip], None),
         NodeRef::Id(id) => (Vec::new(), Some(id)),

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::datastore::{Datastore, Role};
 use crate::cluster::node::Node;
+use crate::cluster::operation::InProgress;
 
 /// How long a member gets to answer DESCRIBE before it is reported unreachable.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -33,6 +34,10 @@ pub struct StatusReport {
     pub members: Vec<MemberStatus>,
     /// Why the membership could not be read, if it could not.
     pub error: Option<String>,
+    /// The membership change this node is making now (a join, leave or removal that goes
+    /// on whether or not the command that started it is still there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<InProgress>,
 }
 
 pub fn role_word(role: Role) -> &'static str {
@@ -49,6 +54,7 @@ pub async fn status(node: &Node) -> StatusReport {
         worker: node.state().has_marker("clustered.lock"),
         members: Vec::new(),
         error: None,
+        operation: node.operations().current(),
     };
     let members = match node.datastore().members().await {
         Ok(m) => m,

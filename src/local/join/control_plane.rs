@@ -19,6 +19,7 @@ use std::time::Duration;
 use super::adopt::{adopt_apiserver_args, cluster_kubelet_args};
 use super::error::JoinError;
 use crate::cluster::node::Node;
+use crate::cluster::operation::Ticket;
 use crate::dqlite::membership::Membership;
 use crate::dqlite::{Client, Role};
 use crate::format::wire::JoinResponseV2;
@@ -78,6 +79,7 @@ pub async fn join(
     node: &Node,
     answer: JoinResponseV2,
     contacted: SocketAddr,
+    ticket: &Ticket,
 ) -> Result<Vec<String>, JoinError> {
     let membership = node
         .membership()
@@ -107,6 +109,7 @@ pub async fn join(
     })
     .await?;
     let mut progress = Progress {
+        ticket,
         messages: vec!["Waiting for this node to finish joining the cluster.".to_string()],
         added: None,
     };
@@ -165,8 +168,10 @@ pub async fn join(
     Ok(messages)
 }
 
-/// What `install` did so far that a rollback must undo beyond the files.
-struct Progress {
+/// What `install` did so far that a rollback must undo beyond the files, and where it says
+/// what it is doing.
+struct Progress<'a> {
+    ticket: &'a Ticket,
     messages: Vec<String>,
     /// The fresh member was ADDed to the cluster (client to it, member id).
     added: Option<(Arc<Client>, u64)>,
@@ -179,8 +184,10 @@ async fn install(
     ca_key: &str,
     backend: &Path,
     aside: &Path,
-    progress: &mut Progress,
+    progress: &mut Progress<'_>,
 ) -> Result<(), StepFailed> {
+    let ticket = progress.ticket;
+    ticket.step("replacing this node's datastore and certificates");
     membership.stop().await.map_err(fail)?;
     let (node2, files) = (node.clone(), answer.clone());
     let (ca_key, backend2, aside2) = (
@@ -193,6 +200,7 @@ async fn install(
         .await?;
 
     // A fresh member, added to the cluster as a spare.
+    ticket.step("starting the new member");
     let live = membership
         .start(Some(answer.voters.clone()))
         .await
@@ -210,6 +218,7 @@ async fn install(
                 live.own_address
             ))
         })?;
+    ticket.step("waiting for the cluster to list this member");
     let deadline = tokio::time::Instant::now() + MEMBER_WAIT;
     loop {
         if let Ok(nodes) = client.cluster().await {
@@ -226,6 +235,7 @@ async fn install(
     membership.refresh_cluster_yaml().await;
 
     // Arguments and tokens of the cluster.
+    ticket.step("adopting the cluster's settings");
     let (node2, answer) = (node.clone(), answer.clone());
     blocking(move || adopt_cluster_settings(&node2, &answer).map_err(fail)).await?;
     node.reload_serving_cert().map_err(fail)?;

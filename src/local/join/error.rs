@@ -4,7 +4,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use crate::local::error::{ErrorKind, Refusal};
-use crate::sys::blocking::TaskFailed;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
@@ -62,6 +61,9 @@ pub enum JoinError {
         cause: String,
         restore_error: String,
     },
+    /// Another membership change is in progress on this node.
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -89,9 +91,10 @@ impl Refusal for JoinError {
             JoinError::NothingChanged(_) => ErrorKind::JoinNothingChanged,
             JoinError::RolledBack { .. } => ErrorKind::JoinRolledBack,
             JoinError::RollbackFailed { .. } => ErrorKind::JoinRollbackFailed,
+            JoinError::Busy(_) => ErrorKind::Busy,
             JoinError::Internal(_) => ErrorKind::Internal,
         }
     }
 }
 
-crate::util::internal_from!(JoinError: TaskFailed, crate::state::StateError);
+crate::local::error::membership_change_error!(JoinError);

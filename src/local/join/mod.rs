@@ -115,14 +115,18 @@ pub async fn join_cluster(
 ) -> Result<JoinClusterResponse, JoinError> {
     let conn = connection::parse(&req.connection)
         .map_err(|e| JoinError::InvalidConnection(e.to_string()))?;
+    let ticket = node.operations().begin("join")?;
     if node.state().has_marker("clustered.lock") {
         return Err(JoinError::AlreadyWorker);
     }
     if !req.worker {
+        ticket.step("checking this node's datastore");
         check_can_join_as_control_plane(node).await?;
     }
     let targets = targets(&conn, req.skip_verify)?;
+    ticket.step("contacting the cluster");
     let target = preflight(node, &targets).await?;
+    ticket.step("asking the cluster to join");
     let body = serde_json::to_vec(&join_request(node, &target.token, req.worker))
         .map_err(|e| JoinError::Internal(e.to_string()))?;
     let answer = node
@@ -142,9 +146,9 @@ pub async fn join_cluster(
     let granted: JoinResponseV2 = serde_json::from_slice(&answer.body)
         .map_err(|e| JoinError::UnexpectedAnswer(e.to_string()))?;
     let messages = if req.worker {
-        worker::join(node, &granted, &target).await?
+        worker::join(node, &granted, &target, &ticket).await?
     } else {
-        control_plane::join(node, granted, target.addr).await?
+        control_plane::join(node, granted, target.addr, &ticket).await?
     };
     Ok(JoinClusterResponse {
         contacted: target.addr.to_string(),

@@ -17,6 +17,7 @@ use super::error::JoinError;
 use super::target::Target;
 use super::{refusal_text, JOIN_TIMEOUT};
 use crate::cluster::node::Node;
+use crate::cluster::operation::Ticket;
 use crate::format::kubeconfig::Kubeconfig;
 use crate::format::traefik::{render_provider, render_traefik};
 use crate::format::wire::{JoinResponseV2, SignCertRequest, SignCertResponse};
@@ -31,6 +32,7 @@ pub async fn join(
     node: &Node,
     answer: &JoinResponseV2,
     target: &Target,
+    ticket: &Ticket,
 ) -> Result<Vec<String>, JoinError> {
     if answer.ca_key.is_some() {
         return Err(JoinError::NotAWorkerCluster);
@@ -53,9 +55,11 @@ pub async fn join(
         common_name: "system:kube-proxy".into(),
         ..Default::default()
     };
+    ticket.step("having the kubelet and kube-proxy certificates signed");
     let kubelet = sign(node, target, "-kubelet", &kubelet_spec, "kubelet").await?;
     let proxy = sign(node, target, "-proxy", &proxy_spec, "proxy").await?;
 
+    ticket.step("configuring this node as a worker");
     let contacted = target.addr.ip();
     let node2 = node.clone();
     let answer = answer.clone();
