@@ -53,6 +53,23 @@ pub struct BootstrapReport {
     pub created: Vec<PathBuf>,
 }
 
+/// [`bootstrap`] for this machine after a join or leave removed some material.
+pub fn rebootstrap(
+    state: &StateDir,
+    bind: std::net::SocketAddr,
+    failure_domain: u64,
+) -> Result<(), BootstrapError> {
+    bootstrap(
+        state,
+        &HostIdentity::discover(),
+        &BootstrapOptions {
+            bind,
+            failure_domain,
+        },
+    )
+    .map(|_| ())
+}
+
 pub fn bootstrap(
     state: &StateDir,
     host: &HostIdentity,

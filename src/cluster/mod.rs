@@ -5,6 +5,7 @@
 pub mod bootstrap;
 pub mod calico;
 pub mod datastore;
+pub mod journal;
 pub mod metrics;
 pub mod node;
 pub mod operation;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::clients::peer::PeerClient;
-use crate::cluster::bootstrap::{self, BootstrapError, BootstrapOptions};
+use crate::cluster::bootstrap::{self, BootstrapError};
 use crate::cluster::datastore::Datastore;
 use crate::cluster::operation::Operations;
 use crate::cluster::roles::driver::RolesConfig;
@@ -128,6 +128,31 @@ impl Node {
         }
     }
 
+    /// A hold point of a multi-step change. In production it does nothing. When the daemon
+    /// was started with `CLUSTER_AGENT_TEST_HOLD` naming `point`, the change stops here:
+    /// it creates `run/held-at-<point>` and waits until that file is removed (or 10 minutes
+    /// pass), so a test can kill the daemon, interrupt its CLI or just watch at a known step.
+    pub async fn hold(&self, point: &str) {
+        if !self.settings().env.test_holds.iter().any(|h| h == point) {
+            return;
+        }
+        let file = self.state().layout().hold_file(point);
+        if let Err(e) = self.state().write(&file, b"", crate::state::mode::SECRET) {
+            tracing::warn!(error = %e, point, "cannot create the hold file; not holding");
+            return;
+        }
+        tracing::warn!(
+            point,
+            "test hold: waiting until {} is removed",
+            file.display()
+        );
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
+        while crate::state::exists(&file) && tokio::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tracing::warn!(point, "test hold released");
+    }
+
     /// Restarts `services` in order. A failure is a warning line for the user, not an error:
     /// the node's files are already what they should be. Blocking (`sys::blocking`).
     pub fn restart_each(&self, services: &[&str]) -> Vec<String> {
@@ -145,15 +170,7 @@ impl Node {
     /// Fills in whatever material is missing (after join or leave removed some), for this
     /// host and bind address.
     pub fn rebootstrap(&self, failure_domain: u64) -> Result<(), BootstrapError> {
-        bootstrap::bootstrap(
-            self.state(),
-            &crate::sys::host::HostIdentity::discover(),
-            &BootstrapOptions {
-                bind: self.settings().bind,
-                failure_domain,
-            },
-        )
-        .map(|_| ())
+        bootstrap::rebootstrap(self.state(), self.settings().bind, failure_domain)
     }
 
     /// `$SNAP`, if running inside the snap.

@@ -94,6 +94,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     ControlSocket(#[from] control::ControlSocketError),
+    #[error(transparent)]
+    Settle(#[from] crate::local::settle::SettleError),
     #[error("dqlite member: {0}")]
     Member(String),
     #[error(transparent)]
@@ -120,6 +122,15 @@ impl Daemon {
         let state = StateDir::new(&config.state_dir);
         state.ensure_layout()?;
         let lock = state.lock()?;
+        let services =
+            services::manager(config.service_manager, state.layout().marker("lite.lock"));
+        // An interrupted join or leave is finished or undone before anything else looks at
+        // the state directory (bootstrap would fill in what it had removed).
+        if let Some(done) =
+            crate::local::settle::settle(&state, config.bind, services.as_ref()).await?
+        {
+            tracing::warn!(journal = %state.layout().journal().display(), "{done}");
+        }
         let report = bootstrap::bootstrap(
             &state,
             &host,
@@ -183,8 +194,6 @@ impl Daemon {
             }
             None => None,
         };
-        let services =
-            services::manager(config.service_manager, state.layout().marker("lite.lock"));
         let external = match config.datastore {
             DatastoreMode::External => External::client(&state),
             DatastoreMode::Embedded => None,

@@ -1,16 +1,23 @@
-//! `leave` on this node. A worker goes back to a working standalone node: its own CA, fresh
-//! kubeconfigs, default kubelet and kube-proxy arguments (MicroK8s leaves a worker unable to
-//! start here, #3708). All or nothing: a failure restores every file.
+//! `leave` on this node. A control plane hands its role over, has the cluster remove it, and
+//! starts again as a fresh single-node cluster; one the cluster no longer lists (removed with
+//! `remove-node --force`, or a leave cut short) is just reset. A worker goes back to a
+//! working standalone node: its own CA, fresh kubeconfigs, default kubelet and kube-proxy
+//! arguments (MicroK8s leaves a worker unable to start here, #3708).
+//!
+//! Crash-safe: the journal records the removal before it is asked for and the reset before
+//! it starts, so a daemon killed at any step finishes the leave (or finds it never happened)
+//! when it starts again. Writes: see `local::reset`.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::error::{ErrorKind, Refusal};
+use super::reset;
+use crate::cluster::journal::{Change, Journal, LeaveStep, Record};
 use crate::cluster::node::Node;
 use crate::cluster::operation::Ticket;
 use crate::cluster::roles::driver::{handover, Handover};
-use crate::state::backup::Backup;
 use crate::sys::blocking::blocking;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,8 +39,9 @@ pub enum LeaveError {
     /// The cluster did not take this member out; nothing changed.
     #[error("Contacting the cluster to remove {address} failed. Error: {error}")]
     DatastoreUnchanged { address: String, error: String },
-    /// This member was removed from the cluster, but the reset that follows failed.
-    #[error("{0}")]
+    /// This member was removed from the cluster, but the reset that follows failed; the
+    /// daemon finishes it when it starts again.
+    #[error("{0}. This node is out of its cluster; restart the cluster-agent daemon to finish resetting it to a single-node cluster.")]
     ResetFailed(String),
     /// A worker's leave failed; every file was restored.
     #[error("Leaving failed: {0}. This node was restored to its previous state.")]
@@ -67,8 +75,20 @@ pub async fn leave(node: &Node) -> Result<LeaveResponse, LeaveError> {
     let ticket = node.operations().begin("leave")?;
     if node.state().has_marker("clustered.lock") {
         ticket.step("resetting this worker to a standalone node");
-        let node = node.clone();
-        return blocking(move || leave_worker(&node)).await;
+        let node2 = node.clone();
+        let journal = blocking(move || {
+            let journal = Journal::new(node2.state());
+            journal.save_files(&reset::worker_reset_touches(node2.state()))?;
+            journal.record(&Record {
+                change: Change::LeaveWorker,
+                started: node2.clock().now_unix(),
+            })?;
+            Ok::<_, LeaveError>(journal)
+        })
+        .await?;
+        node.hold("leave-worker").await;
+        let node2 = node.clone();
+        return blocking(move || leave_worker(&node2, &journal)).await;
     }
     leave_control_plane(node, &ticket).await
 }
@@ -83,6 +103,14 @@ async fn leave_control_plane(node: &Node, ticket: &Ticket) -> Result<LeaveRespon
         .cluster()
         .await
         .map_err(|e| LeaveError::MembershipUnreadable(e.to_string()))?;
+    let mut messages = Vec::new();
+    if !members.iter().any(|m| m.id == live.own_id) {
+        messages.push(format!(
+            "This node ({}) was no longer a member of its cluster (removed with 'remove-node --force', or by a leave that did not finish).",
+            live.own_address
+        ));
+        return reset(node, ticket, messages).await;
+    }
     if members.len() <= 1 {
         return Err(LeaveError::NotClustered);
     }
@@ -93,7 +121,6 @@ async fn leave_control_plane(node: &Node, ticket: &Ticket) -> Result<LeaveRespon
     if voters.len() == 1 && voters[0].id == live.own_id {
         return Err(LeaveError::OnlyVoter);
     }
-    let mut messages = Vec::new();
     let cfg = node.settings().roles.clone();
     ticket.step("handing this member's role over");
     match handover(&live.client, live.own_id, &cfg, Duration::from_secs(20)).await {
@@ -111,24 +138,78 @@ async fn leave_control_plane(node: &Node, ticket: &Ticket) -> Result<LeaveRespon
             "WARNING: handing the role over failed ({e}); removing anyway."
         )),
     }
-    ticket.step("removing this member from the cluster");
-    live.client
-        .remove(live.own_id)
-        .await
-        .map_err(|e| LeaveError::DatastoreUnchanged {
-            address: live.own_address.clone(),
-            error: e.to_string(),
-        })?;
-    messages.push(format!("Removed {} from the cluster.", live.own_address));
 
+    // From here the cluster decides: the journal says so before it is asked.
+    ticket.step("removing this member from the cluster");
+    let failure_domain = reset::current_failure_domain(node.state());
+    let journal = Journal::new(node.state());
+    let removing = Change::LeaveControlPlane {
+        step: LeaveStep::Removing {
+            id: live.own_id,
+            address: live.own_address.clone(),
+        },
+        failure_domain,
+    };
+    record(node, &journal, removing).await?;
+    node.hold("leave-removing").await;
+    if let Err(e) = live.client.remove(live.own_id).await {
+        // An answer can be lost after the change was applied: the cluster says which.
+        let still_listed = live
+            .client
+            .cluster()
+            .await
+            .map(|m| m.iter().any(|n| n.id == live.own_id))
+            .unwrap_or(true);
+        if still_listed {
+            let journal = journal.clone();
+            blocking(move || journal.clear().map_err(LeaveError::from)).await?;
+            return Err(LeaveError::DatastoreUnchanged {
+                address: live.own_address.clone(),
+                error: e.to_string(),
+            });
+        }
+    }
+    messages.push(format!("Removed {} from the cluster.", live.own_address));
+    reset(node, ticket, messages).await
+}
+
+async fn record(node: &Node, journal: &Journal, change: Change) -> Result<(), LeaveError> {
+    let (journal, started) = (journal.clone(), node.clock().now_unix());
+    blocking(move || {
+        journal
+            .record(&Record { change, started })
+            .map_err(LeaveError::from)
+    })
+    .await
+}
+
+/// This member is out of its cluster: the node starts again as a fresh single-node cluster
+/// with new certificates (journaled, so a crash in the middle is finished at the next start).
+async fn reset(
+    node: &Node,
+    ticket: &Ticket,
+    mut messages: Vec<String>,
+) -> Result<LeaveResponse, LeaveError> {
+    let membership = node.membership().cloned().ok_or(LeaveError::NotClustered)?;
     ticket.step("resetting this node to a single-node cluster");
+    let failure_domain = reset::current_failure_domain(node.state());
+    let journal = Journal::new(node.state());
+    let resetting = Change::LeaveControlPlane {
+        step: LeaveStep::Resetting,
+        failure_domain,
+    };
+    record(node, &journal, resetting).await?;
+    node.hold("leave-resetting").await;
     membership
         .stop()
         .await
         .map_err(|e| LeaveError::ResetFailed(format!("Stopping the dqlite member failed: {e}")))?;
     messages.push("Generating new cluster certificates.".into());
-    let node2 = node.clone();
-    blocking(move || reset_to_single_node(&node2)).await?;
+    let (state, bind) = (node.state().clone(), node.settings().bind);
+    blocking(move || {
+        reset::reset_control_plane(&state, bind, failure_domain).map_err(LeaveError::ResetFailed)
+    })
+    .await?;
     membership.start(None).await.map_err(|e| {
         LeaveError::ResetFailed(format!(
             "Starting the new single-node datastore failed: {e}"
@@ -138,96 +219,27 @@ async fn leave_control_plane(node: &Node, ticket: &Ticket) -> Result<LeaveRespon
         LeaveError::ResetFailed(format!("Reloading the server certificate failed: {e}"))
     })?;
     let node2 = node.clone();
-    let warnings = blocking(move || Ok::<_, LeaveError>(node2.restart_each(&["kubelite"]))).await?;
+    let warnings = blocking(move || {
+        Journal::new(node2.state()).clear()?;
+        Ok::<_, LeaveError>(node2.restart_each(&["kubelite"]))
+    })
+    .await?;
     messages.extend(warnings);
     messages.push("This node left the cluster and is a fresh single-node cluster. Remove it from the others' Kubernetes with 'remove-node' if needed.".into());
     tracing::info!("left the cluster (control plane)");
     Ok(LeaveResponse { messages })
 }
 
-/// Wipes the cluster's material (CA, keys, dqlite data and identity) and bootstraps a new
-/// single-node cluster. Service arguments are kept.
-fn reset_to_single_node(node: &Node) -> Result<(), LeaveError> {
-    let state = node.state();
-    let l = state.layout();
-    let backend = l.backend_dir();
-    let failure_domain = crate::state::read_bytes_optional(&l.backend("failure-domain"))
-        .ok()
-        .flatten();
-    crate::state::remove_dir_all(&backend).map_err(|e| LeaveError::ResetFailed(e.to_string()))?;
-    state
-        .ensure_layout()
-        .map_err(|e| LeaveError::ResetFailed(e.to_string()))?;
-    if let Some(fd) = failure_domain {
-        state.write(
-            &l.backend("failure-domain"),
-            &fd,
-            crate::state::mode::SECRET,
-        )?;
-    }
-    for f in [
-        "ca.crt",
-        "ca.key",
-        "server.crt",
-        "server.key",
-        "serviceaccount.key",
-        "front-proxy-ca.crt",
-        "front-proxy-ca.key",
-        "front-proxy-client.crt",
-        "front-proxy-client.key",
-    ] {
-        state.remove(&l.cert(f))?;
-    }
-    for f in crate::cluster::bootstrap::KUBECONFIGS
-        .iter()
-        .chain(&["callback-token.txt"])
-    {
-        state.remove(&l.credential(f))?;
-    }
-    state.remove(&l.marker("no-cert-reissue"))?;
-    node.rebootstrap(1).map_err(|e| {
-        LeaveError::ResetFailed(format!(
-            "Bootstrapping a new single-node cluster failed: {e}"
-        ))
-    })?;
-    Ok(())
-}
-
-fn leave_worker(node: &Node) -> Result<LeaveResponse, LeaveError> {
-    let state = node.state();
-    let l = state.layout();
-    let removed = vec![
-        l.cert("ca.remote.crt"),
-        l.cert("kubelet.crt"),
-        l.cert("kubelet.key"),
-        l.cert("proxy.crt"),
-        l.cert("proxy.key"),
-        l.credential("kubelet.config"),
-        l.credential("proxy.config"),
-        l.credential("callback-token.txt"),
-        l.args("kubelet"),
-        l.args("kube-proxy"),
-        l.marker("clustered.lock"),
-        l.marker("no-k8s-dqlite"),
-        l.marker("no-cert-reissue"),
-    ];
-    let mut touched = removed.clone();
-    touched.push(l.marker("no-apiserver-proxy"));
-    let backup = Backup::take(state, &touched)?;
-    let result = (|| -> Result<(), String> {
-        state
-            .set_marker("no-apiserver-proxy")
-            .map_err(|e| e.to_string())?;
-        for path in &removed {
-            state.remove(path).map_err(|e| e.to_string())?;
+/// A worker goes back to a standalone node; every file is restored if that fails. Blocking.
+fn leave_worker(node: &Node, journal: &Journal) -> Result<LeaveResponse, LeaveError> {
+    if let Err(e) = reset::reset_worker(node.state(), node.settings().bind) {
+        if let Ok(Some(saved)) = journal.saved_files() {
+            let _ = saved.restore();
         }
-        node.rebootstrap(1).map_err(|e| e.to_string())?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = backup.restore();
+        journal.clear()?;
         return Err(LeaveError::RolledBack(e));
     }
+    journal.clear()?;
     let mut messages = vec!["Configuring services.".to_string()];
     if let Err(e) = node
         .services()

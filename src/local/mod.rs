@@ -11,4 +11,6 @@ pub mod error;
 pub mod join;
 pub mod leave;
 pub mod remove_node;
+pub mod reset;
+pub mod settle;
 pub mod status;

@@ -29,6 +29,19 @@ impl Layout {
         ]
     }
 
+    /// `var/cluster-agent/`: the agent's own bookkeeping (not MicroK8s's).
+    pub fn agent_dir(&self) -> PathBuf {
+        self.root.join("var/cluster-agent")
+    }
+    /// The record of the multi-step change in progress, if any.
+    pub fn journal(&self) -> PathBuf {
+        self.agent_dir().join("journal.json")
+    }
+    /// The files the change in progress saved before its first write.
+    pub fn saved_files(&self) -> PathBuf {
+        self.agent_dir().join("saved")
+    }
+
     pub fn certs_dir(&self) -> PathBuf {
         self.root.join("certs")
     }
@@ -93,5 +106,10 @@ impl Layout {
     }
     pub fn lock_file(&self) -> PathBuf {
         self.run_dir().join("cluster-agent.lock")
+    }
+    /// `run/held-at-<point>`: a multi-step change waits here while this file exists (crash
+    /// tests only, see `Environment::test_holds`).
+    pub fn hold_file(&self, point: &str) -> PathBuf {
+        self.run_dir().join(format!("held-at-{point}"))
     }
 }

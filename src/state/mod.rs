@@ -64,8 +64,8 @@ pub enum StateError {
     Lock { path: PathBuf, source: io::Error },
 }
 
-/// The process environment that influences path resolution, captured once at start-up so the
-/// library never reads globals.
+/// The process environment the agent depends on, captured once at start-up so the library
+/// never reads globals.
 #[derive(Debug, Clone, Default)]
 pub struct Environment {
     /// `$SNAP_DATA`, set when running inside the MicroK8s snap.
@@ -74,6 +74,9 @@ pub struct Environment {
     pub snap: Option<PathBuf>,
     /// `$SNAP_COMMON`.
     pub snap_common: Option<PathBuf>,
+    /// `$CLUSTER_AGENT_TEST_HOLD`: comma-separated hold points at which a multi-step change
+    /// waits (for crash tests; see `cluster::node::Node::hold`). Empty in production.
+    pub test_holds: Vec<String>,
 }
 
 impl Environment {
@@ -84,10 +87,18 @@ impl Environment {
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
         };
+        let test_holds = std::env::var("CLUSTER_AGENT_TEST_HOLD")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .collect();
         Environment {
             snap_data: var("SNAP_DATA"),
             snap: var("SNAP"),
             snap_common: var("SNAP_COMMON"),
+            test_holds,
         }
     }
 

@@ -5,11 +5,18 @@
 //! services. All or nothing: any failure before the end restores the old files, the old
 //! datastore directory and the old member.
 //!
+//! Crash-safe: before its first write the join saves the files it replaces and records
+//! itself in the journal (`cluster::journal`); it records the new member's identity before
+//! it asks the cluster to add it, and that the cluster lists it. A daemon killed at any step
+//! settles the join when it starts again (`local::settle`): undone until the cluster may
+//! have added the member, finished once it lists it.
+//!
 //! Writes: `var/kubernetes/backend/` (moved aside to `backend.join-backup`, then a fresh
 //! member: `cluster.crt`, `cluster.key`, `failure-domain`, `info.yaml`, raft data),
 //! `certs/{ca.crt,ca.key,serviceaccount.key,server.crt,server.key}`, every kubeconfig in
 //! `credentials/`, `credentials/callback-token.txt`, `args/{kubelet,kube-apiserver}`,
-//! `var/lock/no-cert-reissue`, and Calico's `args/cni-network/cni.yaml`.
+//! `var/lock/no-cert-reissue`, Calico's `args/cni-network/cni.yaml`, and while it runs
+//! `var/cluster-agent/{journal.json,saved/}`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,21 +25,21 @@ use std::time::Duration;
 
 use super::adopt::{adopt_apiserver_args, cluster_kubelet_args};
 use super::error::JoinError;
+use crate::cluster::journal::{Change, JoinStep, Journal, Record};
 use crate::cluster::node::Node;
 use crate::cluster::operation::Ticket;
 use crate::dqlite::membership::Membership;
 use crate::dqlite::{Client, Role};
 use crate::format::wire::JoinResponseV2;
-use crate::state::backup::Backup;
-use crate::state::mode;
+use crate::state::{mode, StateDir};
 use crate::sys::blocking::{blocking, TaskFailed};
 
 /// How long the new member may take to show up in the cluster's configuration.
 const MEMBER_WAIT: Duration = Duration::from_secs(30);
 
 /// Files a control-plane join replaces (the backend directory is moved aside as a whole).
-fn touched(node: &Node) -> Vec<PathBuf> {
-    let l = node.state().layout();
+fn touched(state: &StateDir) -> Vec<PathBuf> {
+    let l = state.layout();
     let mut v: Vec<PathBuf> = [
         "ca.crt",
         "ca.key",
@@ -92,67 +99,51 @@ pub async fn join(
     ) else {
         return Err(JoinError::NotAControlPlaneCluster);
     };
-    let backend = node.state().layout().backend_dir();
-    let aside = backup_dir(&backend);
-    if crate::state::exists(&aside) {
-        // Left by a join whose rollback failed (or a crash mid-join): it may hold the only
-        // copy of this node's previous datastore, so it is never deleted here.
-        return Err(JoinError::UnfinishedEarlierJoin {
-            backup: aside,
-            backend,
-        });
-    }
-    let node2 = node.clone();
-    let backup = blocking(move || {
-        Backup::take(node2.state(), &touched(&node2))
-            .map_err(|e| JoinError::NothingChanged(e.to_string()))
-    })
-    .await?;
+    let journal = Journal::new(node.state());
     let mut progress = Progress {
+        node,
         ticket,
+        journal: journal.clone(),
+        voters: answer.voters.clone(),
+        contacted: contacted.to_string(),
+        started: node.clock().now_unix(),
         messages: vec!["Waiting for this node to finish joining the cluster.".to_string()],
         added: None,
     };
+    // Before the first write: what may be replaced, and that a join is under way.
+    progress
+        .record(JoinStep::Installing)
+        .await
+        .map_err(|StepFailed(e)| JoinError::NothingChanged(e))?;
+    node.hold("join-cp-installing").await;
 
-    let result = install(
-        node,
-        &membership,
-        &answer,
-        &ca_key,
-        &backend,
-        &aside,
-        &mut progress,
-    )
-    .await;
-    let mut messages = progress.messages;
+    let result = install(node, &membership, &answer, &ca_key, &mut progress).await;
+    let mut messages = std::mem::take(&mut progress.messages);
     if let Err(StepFailed(cause)) = result {
-        if let Some((client, id)) = progress.added {
+        if let Some((client, id)) = progress.added.take() {
             // The cluster must not keep a member at our address for a datastore that is
             // about to be replaced by the old one.
             if let Err(r) = client.remove(id).await {
                 tracing::warn!(error = %r, id, "could not remove the half-joined member from the cluster");
             }
         }
-        return Err(
-            match rollback(node, &membership, backup, &backend, &aside).await {
-                Ok(()) => JoinError::RolledBack {
-                    cause,
-                    restored: "This node was restored to its previous single-node cluster.".into(),
-                },
-                Err(r) => JoinError::RollbackFailed {
-                    cause,
-                    restore_error: format!(
-                        "Restoring the previous state failed too ({r}); see the daemon log."
-                    ),
-                },
+        return Err(match rollback(node, &membership).await {
+            Ok(()) => JoinError::RolledBack {
+                cause,
+                restored: "This node was restored to its previous single-node cluster.".into(),
             },
-        );
+            Err(r) => JoinError::RollbackFailed {
+                cause,
+                restore_error: format!(
+                    "Restoring the previous state failed too ({r}); the daemon tries again when it starts."
+                ),
+            },
+        });
     }
+    node.hold("join-cp-joined").await;
     let node2 = node.clone();
     let warnings = blocking(move || {
-        if let Err(e) = crate::state::remove_dir_all(&aside) {
-            tracing::warn!(error = %e, "could not delete the previous datastore");
-        }
+        finish(node2.state())?;
         let mut warnings = Vec::new();
         // The joined node's Calico reaches the cluster over the interface it contacted.
         if let Err(e) = crate::cluster::calico::pin_own_copy(&node2, contacted.ip()) {
@@ -168,13 +159,40 @@ pub async fn join(
     Ok(messages)
 }
 
-/// What `install` did so far that a rollback must undo beyond the files, and where it says
-/// what it is doing.
+/// What `install` did so far, and where it says what it is doing.
 struct Progress<'a> {
+    node: &'a Node,
     ticket: &'a Ticket,
+    journal: Journal,
+    voters: Vec<String>,
+    contacted: String,
+    started: i64,
     messages: Vec<String>,
-    /// The fresh member was ADDed to the cluster (client to it, member id).
+    /// The fresh member may have been ADDed to the cluster (client to it, member id).
     added: Option<(Arc<Client>, u64)>,
+}
+
+impl Progress<'_> {
+    /// Records `step` in the journal (and, at the first step, saves the files first).
+    async fn record(&self, step: JoinStep) -> Result<(), StepFailed> {
+        let first = step == JoinStep::Installing;
+        let (journal, state) = (self.journal.clone(), self.node.state().clone());
+        let record = Record {
+            change: Change::JoinControlPlane {
+                step,
+                voters: self.voters.clone(),
+                contacted: self.contacted.clone(),
+            },
+            started: self.started,
+        };
+        blocking(move || {
+            if first {
+                journal.save_files(&touched(&state)).map_err(fail)?;
+            }
+            journal.record(&record).map_err(fail)
+        })
+        .await
+    }
 }
 
 async fn install(
@@ -182,22 +200,16 @@ async fn install(
     membership: &Membership,
     answer: &JoinResponseV2,
     ca_key: &str,
-    backend: &Path,
-    aside: &Path,
     progress: &mut Progress<'_>,
 ) -> Result<(), StepFailed> {
     let ticket = progress.ticket;
     ticket.step("replacing this node's datastore and certificates");
     membership.stop().await.map_err(fail)?;
-    let (node2, files) = (node.clone(), answer.clone());
-    let (ca_key, backend2, aside2) = (
-        ca_key.to_string(),
-        backend.to_path_buf(),
-        aside.to_path_buf(),
-    );
+    let (state, files, bind) = (node.state().clone(), answer.clone(), node.settings().bind);
+    let ca_key = ca_key.to_string();
     let failure_domain = membership.template().failure_domain;
-    blocking(move || install_files(&node2, &files, &ca_key, &backend2, &aside2, failure_domain))
-        .await?;
+    blocking(move || install_files(&state, bind, &files, &ca_key, failure_domain)).await?;
+    node.hold("join-cp-installed").await;
 
     // A fresh member, added to the cluster as a spare.
     ticket.step("starting the new member");
@@ -206,9 +218,16 @@ async fn install(
         .await
         .map_err(fail)?;
     let client = Arc::new(membership.client(answer.voters.clone()).map_err(fail)?);
-    // Recorded before the ADD: one that was applied but whose answer was lost must be undone
-    // too (removing a member that was never added only fails, harmlessly).
+    // Recorded before the ADD: one that was applied but whose answer was lost (or that a
+    // crash interrupted) must be settled by asking the cluster.
+    progress
+        .record(JoinStep::Adding {
+            id: live.own_id,
+            address: live.own_address.clone(),
+        })
+        .await?;
     progress.added = Some((client.clone(), live.own_id));
+    node.hold("join-cp-adding").await;
     client
         .add(live.own_id, &live.own_address, Role::Spare)
         .await
@@ -232,52 +251,33 @@ async fn install(
         progress.messages.push(". ".into());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    progress.record(JoinStep::Joined).await?;
+    progress.added = None;
     membership.refresh_cluster_yaml().await;
-
-    // Arguments and tokens of the cluster.
-    ticket.step("adopting the cluster's settings");
-    let (node2, answer) = (node.clone(), answer.clone());
-    blocking(move || adopt_cluster_settings(&node2, &answer).map_err(fail)).await?;
     node.reload_serving_cert().map_err(fail)?;
     Ok(())
 }
 
-/// Moves the old datastore aside and installs the cluster's certificates, keys and this
-/// node's re-issued leaves and kubeconfigs. Blocking.
+/// Moves the old datastore aside and installs the cluster's certificates, keys, this node's
+/// re-issued leaves and kubeconfigs, and the cluster's arguments and callback token.
+/// Blocking.
 fn install_files(
-    node: &Node,
+    state: &StateDir,
+    bind: SocketAddr,
     answer: &JoinResponseV2,
     ca_key: &str,
-    backend: &Path,
-    aside: &Path,
     failure_domain: u64,
 ) -> Result<(), StepFailed> {
-    let state = node.state();
     let l = state.layout();
-    crate::state::rename(backend, aside).map_err(fail)?;
+    let backend = l.backend_dir();
+    let aside = backup_dir(&backend);
+    crate::state::rename(&backend, &aside).map_err(fail)?;
     state.ensure_layout().map_err(fail)?;
-    state
-        .write(
-            &l.backend("cluster.key"),
-            answer.cluster_key.as_bytes(),
-            mode::SECRET,
-        )
-        .map_err(fail)?;
-    state
-        .write(
-            &l.backend("cluster.crt"),
-            answer.cluster_cert.as_bytes(),
-            mode::PUBLIC,
-        )
-        .map_err(fail)?;
-    if let Ok(Some(fd)) = crate::state::read_bytes_optional(&aside.join("failure-domain")) {
-        state
-            .write(&l.backend("failure-domain"), &fd, mode::SECRET)
-            .map_err(fail)?;
-    }
-
-    // The cluster's CA and keys; this node's leaves and kubeconfigs are re-issued from them.
-    let writes: [(PathBuf, &str, u32); 3] = [
+    let writes: [(PathBuf, &str, u32); 5] = [
+        (l.backend("cluster.key"), &answer.cluster_key, mode::SECRET),
+        (l.backend("cluster.crt"), &answer.cluster_cert, mode::PUBLIC),
+        // The cluster's CA and keys; this node's leaves and kubeconfigs are re-issued
+        // from them.
         (l.ca_key(), ca_key, mode::SECRET),
         (l.ca_crt(), &answer.ca, mode::PUBLIC),
         (
@@ -291,71 +291,89 @@ fn install_files(
             .write(&path, content.as_bytes(), file_mode)
             .map_err(fail)?;
     }
+    if let Ok(Some(fd)) = crate::state::read_bytes_optional(&aside.join("failure-domain")) {
+        state
+            .write(&l.backend("failure-domain"), &fd, mode::SECRET)
+            .map_err(fail)?;
+    }
     for f in ["server.crt", "server.key"] {
         state.remove(&l.cert(f)).map_err(fail)?;
     }
     for f in crate::cluster::bootstrap::KUBECONFIGS {
         state.remove(&l.credential(f)).map_err(fail)?;
     }
-    node.rebootstrap(failure_domain).map_err(fail)
+    crate::cluster::bootstrap::rebootstrap(state, bind, failure_domain).map_err(fail)?;
+    // The cluster's kubelet and API server arguments and callback token.
+    state
+        .write(
+            &l.args("kubelet"),
+            cluster_kubelet_args(answer).render().as_bytes(),
+            mode::ARGS,
+        )
+        .map_err(fail)?;
+    adopt_apiserver_args(state, answer).map_err(fail)?;
+    state
+        .write(
+            &l.credential("callback-token.txt"),
+            answer.callback_token.as_bytes(),
+            mode::SECRET,
+        )
+        .map_err(fail)?;
+    state.set_marker("no-cert-reissue").map_err(fail)
 }
 
-/// The cluster's kubelet and API server arguments and callback token. Blocking.
-fn adopt_cluster_settings(
-    node: &Node,
-    answer: &JoinResponseV2,
-) -> Result<(), crate::state::StateError> {
-    let state = node.state();
-    let l = state.layout();
-    state.write(
-        &l.args("kubelet"),
-        cluster_kubelet_args(answer).render().as_bytes(),
-        mode::ARGS,
-    )?;
-    adopt_apiserver_args(state, answer)?;
-    state.write(
-        &l.credential("callback-token.txt"),
-        answer.callback_token.as_bytes(),
-        mode::SECRET,
-    )?;
-    state.set_marker("no-cert-reissue")
+/// Puts the previous datastore and every replaced file back, from the journal's saved copy
+/// and `backend.join-backup`; the journal is cleared once both are back. Blocking; also
+/// what settling an unfinished join does. The old datastore is only ever moved, never
+/// deleted, so a failed step leaves it where the message says.
+pub fn undo(state: &StateDir) -> Result<(), String> {
+    let backend = state.layout().backend_dir();
+    let aside = backup_dir(&backend);
+    let mut failures = Vec::new();
+    if crate::state::exists(&aside) {
+        let moved_back = crate::state::remove_dir_all(&backend)
+            .and_then(|()| crate::state::rename(&aside, &backend));
+        if let Err(e) = moved_back {
+            failures.push(format!(
+                "moving the previous datastore back from {} to {}: {e}",
+                aside.display(),
+                backend.display()
+            ));
+        }
+    }
+    let journal = Journal::new(state);
+    match journal.saved_files() {
+        Ok(Some(saved)) => {
+            if let Err(e) = saved.restore() {
+                failures.push(format!("restoring files: {e}"));
+            }
+        }
+        Ok(None) => {}
+        Err(e) => failures.push(format!("reading the saved files: {e}")),
+    }
+    if !failures.is_empty() {
+        return Err(failures.join("; "));
+    }
+    journal.clear().map_err(|e| e.to_string())
 }
 
-async fn rollback(
-    node: &Node,
-    membership: &Membership,
-    backup: Backup,
-    backend: &Path,
-    aside: &Path,
-) -> Result<(), String> {
-    // Every step is tried whatever happened to the previous ones; the old datastore is only
-    // ever moved, never deleted, so a failed step leaves it where the message says.
+/// The join is done: the previous datastore and the saved files go, then the journal.
+/// Blocking; also what settling a join the cluster took does.
+pub fn finish(state: &StateDir) -> Result<(), crate::state::StateError> {
+    crate::state::remove_dir_all(&backup_dir(&state.layout().backend_dir()))?;
+    Journal::new(state).clear()
+}
+
+async fn rollback(node: &Node, membership: &Membership) -> Result<(), String> {
+    // Every step is tried whatever happened to the previous ones.
     let mut failures = Vec::new();
     if let Err(e) = membership.stop().await {
         failures.push(format!("stopping the new member: {e}"));
     }
-    let (backend2, aside2) = (backend.to_path_buf(), aside.to_path_buf());
-    let restored = blocking(move || {
-        let mut failures = Vec::new();
-        if crate::state::exists(&aside2) {
-            let moved_back = crate::state::remove_dir_all(&backend2)
-                .and_then(|()| crate::state::rename(&aside2, &backend2));
-            if let Err(e) = moved_back {
-                failures.push(format!(
-                    "moving the previous datastore back from {} to {}: {e}",
-                    aside2.display(),
-                    backend2.display()
-                ));
-            }
-        }
-        if let Err(e) = backup.restore() {
-            failures.push(format!("restoring files: {e}"));
-        }
-        Ok::<_, TaskFailed>(failures)
-    })
-    .await;
-    match restored {
-        Ok(f) => failures.extend(f),
+    let state = node.state().clone();
+    match blocking(move || Ok::<_, TaskFailed>(undo(&state))).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => failures.push(e),
         Err(e) => failures.push(e.to_string()),
     }
     if failures.is_empty() {

@@ -16,13 +16,13 @@ use super::adopt::{adopt_apiserver_args, cluster_kubelet_args};
 use super::error::JoinError;
 use super::target::Target;
 use super::{refusal_text, JOIN_TIMEOUT};
+use crate::cluster::journal::{Change, Journal, Record};
 use crate::cluster::node::Node;
 use crate::cluster::operation::Ticket;
 use crate::format::kubeconfig::Kubeconfig;
 use crate::format::traefik::{render_provider, render_traefik};
 use crate::format::wire::{JoinResponseV2, SignCertRequest, SignCertResponse};
 use crate::pki::LeafSpec;
-use crate::state::backup::Backup;
 use crate::state::{mode, StateDir};
 use crate::sys::blocking::blocking;
 
@@ -63,23 +63,46 @@ pub async fn join(
     let contacted = target.addr.ip();
     let node2 = node.clone();
     let answer = answer.clone();
+    let started = node.clock().now_unix();
+    let journal = Journal::new(node.state());
+    let journal2 = journal.clone();
+    blocking(move || {
+        let files = WorkerFiles::new(node2.state());
+        journal2
+            .save_files(&files.all())
+            .and_then(|_| {
+                journal2.record(&Record {
+                    change: Change::JoinWorker,
+                    started,
+                })
+            })
+            .map_err(|e| JoinError::NothingChanged(e.to_string()))
+    })
+    .await?;
+    node.hold("join-worker-configuring").await;
+    let node2 = node.clone();
     let mut messages = blocking(move || {
         let files = WorkerFiles::new(node2.state());
-        let backup = Backup::take(node2.state(), &files.all())
-            .map_err(|e| JoinError::NothingChanged(e.to_string()))?;
         let result = configure_worker(&node2, &files, &answer, contacted, &kubelet, &proxy);
         if let Err(e) = result {
-            return Err(match backup.restore() {
+            let restored = journal
+                .saved_files()
+                .and_then(|saved| saved.map_or(Ok(()), |s| s.restore()))
+                .and_then(|()| journal.clear());
+            return Err(match restored {
                 Ok(()) => JoinError::RolledBack {
                     cause: e.to_string(),
                     restored: "This node was restored to its previous state.".into(),
                 },
                 Err(r) => JoinError::RollbackFailed {
                     cause: e.to_string(),
-                    restore_error: format!("Restoring the previous state failed too ({r})."),
+                    restore_error: format!(
+                        "Restoring the previous state failed too ({r}); the daemon tries again when it starts."
+                    ),
                 },
             });
         }
+        journal.clear()?;
         Ok(node2.restart_each(&["kubelite", "apiserver-proxy", "k8s-dqlite"]))
     })
     .await?;
