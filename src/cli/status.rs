@@ -92,6 +92,9 @@ pub fn render(report: &StatusReport, format: Format) -> String {
                     op.operation, op.step, op.running_for_secs
                 ));
             }
+            if report.not_a_member {
+                out.push_str("This node is not a member of its cluster any more: it was removed (remove-node --force) or a leave did not finish.\nRun 'cluster-agent leave' to reset it to a fresh single-node cluster; then it can join again.\n");
+            }
             if report.worker {
                 out.push_str("This MicroK8s deployment is acting as a node in a cluster.\nPlease use the control plane node.\n");
                 return out;
@@ -196,6 +199,7 @@ mod tests {
             members,
             error: None,
             operation: None,
+            not_a_member: false,
         }
     }
 

@@ -11,6 +11,10 @@ use crate::cluster::datastore::{Datastore, Role};
 use crate::cluster::node::Node;
 use crate::cluster::operation::InProgress;
 
+/// How long the membership may take to answer: `status` answers within a few seconds even
+/// when no leader does (a cluster that lost its quorum).
+pub const MEMBERS_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How long a member gets to answer DESCRIBE before it is reported unreachable.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -38,6 +42,10 @@ pub struct StatusReport {
     /// on whether or not the command that started it is still there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<InProgress>,
+    /// The cluster answered but does not list this node's own member: it was removed
+    /// (`remove-node --force`) or a leave did not finish. `leave` resets it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_a_member: bool,
 }
 
 pub fn role_word(role: Role) -> &'static str {
@@ -55,15 +63,30 @@ pub async fn status(node: &Node) -> StatusReport {
         members: Vec::new(),
         error: None,
         operation: node.operations().current(),
+        not_a_member: false,
     };
-    let members = match node.datastore().members().await {
-        Ok(m) => m,
-        Err(e) => {
+    let members = match tokio::time::timeout(MEMBERS_TIMEOUT, node.datastore().members()).await {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
             report.error = Some(e.to_string());
             return report;
         }
+        Err(_) => {
+            report.error = Some(format!(
+                "no leader answered within {}s",
+                MEMBERS_TIMEOUT.as_secs()
+            ));
+            return report;
+        }
     };
-    let leader = node.datastore().leader().await.ok().flatten();
+    report.not_a_member = !report.worker
+        && !members.is_empty()
+        && own_member_id(node).is_some_and(|own| !members.iter().any(|m| m.id == own));
+    let leader = tokio::time::timeout(PROBE_TIMEOUT, node.datastore().leader())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
     let mut probes = tokio::task::JoinSet::new();
     for (i, m) in members.iter().enumerate() {
         let ds: Arc<dyn Datastore> = node.datastore();
@@ -90,4 +113,18 @@ pub async fn status(node: &Node) -> StatusReport {
         })
         .collect();
     report
+}
+
+/// The id of this node's own dqlite member: the running embedded member's, else the one in
+/// `info.yaml` (k8s-dqlite's).
+pub fn own_member_id(node: &Node) -> Option<u64> {
+    node.membership()
+        .and_then(|m| m.live())
+        .map(|l| l.own_id)
+        .or_else(|| {
+            crate::dqlite::files::read_info(&node.state().layout().backend_dir())
+                .ok()
+                .flatten()
+                .map(|(id, _)| id)
+        })
 }

@@ -178,7 +178,10 @@ async fn check_can_join_as_control_plane(node: &Node) -> Result<(), JoinError> {
             ))
         })?
         .map_err(|e| JoinError::MembershipUnreadable(e.to_string()))?;
-    if members.len() > 1 {
+    // A member the cluster no longer lists (removed by force, or a leave cut short) holds
+    // a stale replica of a cluster it is not part of: replacing it loses nothing.
+    let orphaned = !members.iter().any(|m| m.id == live.own_id);
+    if members.len() > 1 && !orphaned {
         return Err(JoinError::AlreadyClustered);
     }
     Ok(())
