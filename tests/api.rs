@@ -997,3 +997,118 @@ fn first_join_moves_a_loopback_k8s_dqlite_to_a_routable_address() {
     assert_eq!(address, format!("{}:19001", api.node.ip));
     assert_eq!(body["voters"], json!([address]));
 }
+
+/// A Python interpreter that has `requests` (MicroK8s's scripts use it): Debian's, which
+/// `.ci/run` gives the package, else whatever `python3` is first on PATH.
+fn python_with_requests() -> Option<&'static str> {
+    ["/usr/bin/python3", "python3"].into_iter().find(|py| {
+        std::process::Command::new(py)
+            .args(["-c", "import requests"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// An over-limit body is answered 413 with its JSON error to every kind of client, also to
+/// those that send their whole body before they read (HTTP/2, Python's `requests`).
+#[test]
+fn over_limit_bodies_get_their_413_over_http2_and_from_python_requests() {
+    let api = Api::start();
+    let from = unique_loopback();
+    // Larger than what the kernel buffers on loopback: the client is still sending when the
+    // server has seen enough to refuse.
+    let big = format!(r#"{{"token":"t","pad":"{}"}}"#, "x".repeat(12 << 20));
+    let ca = std::fs::read(api.node.state.join("certs/ca.crt")).unwrap();
+
+    let h2 = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .local_address(IpAddr::V4(from))
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2.post(api.url(JOIN)).body(big.clone()).send().unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 413);
+    let v: Value = resp.json().unwrap();
+    assert!(v["error"].as_str().unwrap().contains("too large"), "{v}");
+
+    let (status, answer) = api.post(from, JOIN, &big);
+    assert_eq!(status, 413, "HTTP/1.1: {answer}");
+
+    let Some(python) = python_with_requests() else {
+        println!("SKIP: no python3 with requests (apt-get install python3-requests)");
+        return;
+    };
+    let script = r#"
+import sys, requests
+r = requests.post(sys.argv[1], data=b'{"token":"t","pad":"' + b'x' * (12 << 20) + b'"}', verify=sys.argv[2], timeout=10)
+print(r.status_code)
+print(r.json()["error"])
+"#;
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            script,
+            &api.url(JOIN),
+            api.node.state.join("certs/ca.crt").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let printed = text(&out.stdout);
+    assert!(out.status.success(), "{printed}{}", text(&out.stderr));
+    assert!(
+        printed.starts_with("413\n") && printed.contains("too large"),
+        "{printed}"
+    );
+}
+
+/// A body that stops arriving is cut after its deadline with a JSON 408.
+#[test]
+fn a_stalled_upload_gets_408() {
+    let api = Api::start_with(&["--timeout", "4"]);
+    let script = r#"
+import socket, ssl, sys
+host, port = sys.argv[1].rsplit(":", 1)
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+with socket.create_connection((host, int(port)), timeout=20) as raw:
+    with ctx.wrap_socket(raw, server_hostname=host) as s:
+        s.sendall(b"POST /cluster/api/v2.0/join HTTP/1.1\r\nHost: " + host.encode() +
+                  b"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"tok")
+        answer = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+print(answer.decode(errors="replace"))
+"#;
+    let python = if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            script,
+            &api.node.bind(),
+            api.node.state.join("certs/ca.crt").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let answer = text(&out.stdout);
+    assert!(out.status.success(), "{answer}{}", text(&out.stderr));
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains(r#"{"error":"The request body did not arrive within"#),
+        "{answer}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}

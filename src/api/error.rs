@@ -17,6 +17,8 @@ pub enum ApiError {
     TooManyRequests,
     #[error("Request body too large (limit {0} bytes)")]
     PayloadTooLarge(usize),
+    #[error("The request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error(transparent)]
     Grant(#[from] GrantError),
 }
@@ -27,6 +29,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Grant(refusal) => match refusal {
                 GrantError::BadRequest(_) | GrantError::HostnameMismatch { .. } => {
                     StatusCode::BAD_REQUEST
@@ -49,6 +52,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::TooManyRequests => "rate_limited",
             ApiError::PayloadTooLarge(_) => "too_large",
+            ApiError::BodyTimeout(_) => "timeout",
             ApiError::Grant(refusal) => match refusal {
                 GrantError::BadRequest(_) => "bad_request",
                 GrantError::InvalidToken | GrantError::Unauthorized(_) => "invalid_token",

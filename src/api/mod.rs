@@ -20,6 +20,7 @@ pub mod v2;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
@@ -40,6 +41,15 @@ pub use guard::guard;
 /// hundred bytes).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// How much of an over-limit body is still read (and dropped) so that the client, which
+/// sends its whole body before it reads an answer (Python's `requests`, most HTTP/2
+/// clients), gets the 413 instead of a connection torn down under it.
+pub const DISCARD_BYTES: usize = 16 * 1024 * 1024;
+
+/// The longest a request body may take to arrive (a stalled upload gets 408), unless the
+/// whole request's `--timeout` is shorter.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Everything handlers need. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -47,6 +57,8 @@ pub struct AppState {
     pub limiter: Arc<RateLimiter>,
     pub audit: Arc<AuditLog>,
     pub metrics: Arc<Metrics>,
+    /// How long a request body may take to arrive ([`BODY_DEADLINE`], or less).
+    pub body_deadline: Duration,
 }
 
 impl AppState {
@@ -57,12 +69,18 @@ impl AppState {
             limiter: Arc::new(limiter),
             audit: Arc::new(audit),
             metrics,
+            body_deadline: BODY_DEADLINE,
         }
     }
 }
 
 /// The :25000 route table.
 pub fn router(app: AppState, request_timeout: Duration) -> Router {
+    // The body must be in (or refused) before the request as a whole times out.
+    let app = AppState {
+        body_deadline: BODY_DEADLINE.min(request_timeout / 2),
+        ..app
+    };
     let limited = Router::new()
         // MicroK8s answers HEAD like any other wrong method (axum would serve it as GET).
         .route(
@@ -77,8 +95,7 @@ pub fn router(app: AppState, request_timeout: Duration) -> Router {
         .route("/cluster/api/v1.0/configure", v1::configure_route())
         .route("/cluster/api/v1.0/upgrade", v1::upgrade_route())
         .route("/cluster/api/v2.0/join", v2::join_route())
-        .route("/cluster/api/v2.0/dqlite/remove", v2::dqlite_remove_route())
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
+        .route("/cluster/api/v2.0/dqlite/remove", v2::dqlite_remove_route());
     limited
         // Image tarballs are streamed to containerd: no body limit on this route.
         .route("/cluster/api/v2.0/image/import", v2::image_import_route())
@@ -124,15 +141,38 @@ pub async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
-/// The body, or a JSON 413 when over the limit.
-pub fn body_bytes(
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<axum::body::Bytes, ApiError> {
-    body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(MAX_BODY_BYTES)
-        } else {
-            ApiError::Grant(crate::grant::GrantError::BadRequest(e.body_text()))
+/// The request body, at most [`MAX_BODY_BYTES`]. An over-limit body is read on and dropped
+/// (up to [`DISCARD_BYTES`]) before the 413, so the client is still listening when it comes;
+/// a body that does not arrive within the deadline gets 408.
+pub async fn read_body(app: &AppState, body: axum::body::Body) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let read = async {
+        let mut body = body;
+        let mut kept = Vec::new();
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::Grant(crate::grant::GrantError::BadRequest(format!(
+                    "Cannot read the request body: {e}"
+                )))
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            total = total.saturating_add(data.len());
+            if total > DISCARD_BYTES {
+                break;
+            }
+            if total <= MAX_BODY_BYTES {
+                kept.extend_from_slice(&data);
+            }
         }
-    })
+        if total > MAX_BODY_BYTES {
+            return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
+        }
+        Ok(Bytes::from(kept))
+    };
+    tokio::time::timeout(app.body_deadline, read)
+        .await
+        .map_err(|_| ApiError::BodyTimeout(app.body_deadline))?
 }

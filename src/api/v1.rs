@@ -2,14 +2,13 @@
 
 use std::net::SocketAddr;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::routing::{post, MethodRouter};
 use axum::Json;
 
-use super::{body_bytes, empty_not_found, guard, ApiError, AppState};
+use super::{empty_not_found, guard, read_body, ApiError, AppState};
 use crate::format::wire::{
     ConfigureRequest, JoinRequest, JoinResponseV1, ResultOk, SignCertRequest, SignCertResponse,
     UpgradeRequest,
@@ -33,9 +32,9 @@ async fn join(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<JoinResponseV1>, ApiError> {
-    let req = JoinRequest::decode(&body_bytes(body)?).map_err(GrantError::from)?;
+    let req = JoinRequest::decode(&read_body(&app, body).await?).map_err(GrantError::from)?;
     let token = req.token.clone();
     let origin = super::v2::origin(peer, &headers);
     guard(&app, peer, "/cluster/api/v1.0/join", Some(&token), async {
@@ -48,9 +47,9 @@ async fn join(
 async fn sign_cert(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<SignCertResponse>, ApiError> {
-    let req = SignCertRequest::decode(&body_bytes(body)?).map_err(GrantError::from)?;
+    let req = SignCertRequest::decode(&read_body(&app, body).await?).map_err(GrantError::from)?;
     let token = req.token.clone();
     guard(
         &app,
@@ -66,9 +65,9 @@ async fn sign_cert(
 async fn configure(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<ResultOk>, ApiError> {
-    let req = ConfigureRequest::decode(&body_bytes(body)?).map_err(GrantError::from)?;
+    let req = ConfigureRequest::decode(&read_body(&app, body).await?).map_err(GrantError::from)?;
     let token = req.callback.clone();
     guard(
         &app,
@@ -84,9 +83,9 @@ async fn configure(
 async fn upgrade(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<ResultOk>, ApiError> {
-    let req = UpgradeRequest::decode(&body_bytes(body)?).map_err(GrantError::from)?;
+    let req = UpgradeRequest::decode(&read_body(&app, body).await?).map_err(GrantError::from)?;
     let token = req.callback.clone();
     guard(
         &app,

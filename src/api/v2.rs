@@ -2,8 +2,7 @@
 
 use std::net::SocketAddr;
 
-use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -11,7 +10,7 @@ use axum::routing::{post, MethodRouter};
 use axum::Json;
 use http_body_util::BodyExt;
 
-use super::{body_bytes, empty_method_not_allowed, empty_not_found, guard, ApiError, AppState};
+use super::{empty_method_not_allowed, empty_not_found, guard, read_body, ApiError, AppState};
 use crate::format::wire::{DqliteRemoveRequest, JoinRequest, JoinResponseV2};
 use crate::grant::join::{self, Origin};
 use crate::grant::{callbacks, GrantError};
@@ -44,9 +43,9 @@ async fn join(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     uri: axum::http::Uri,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<JoinResponseV2>, ApiError> {
-    let req = JoinRequest::decode(&body_bytes(body)?).map_err(GrantError::from)?;
+    let req = JoinRequest::decode(&read_body(&app, body).await?).map_err(GrantError::from)?;
     let token = req.token.clone();
     let mut origin = origin(peer, &headers);
     if origin.host.is_empty() {
@@ -67,9 +66,10 @@ async fn dqlite_remove(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<()>, ApiError> {
-    let req = DqliteRemoveRequest::decode(&body_bytes(body)?).map_err(GrantError::from)?;
+    let req =
+        DqliteRemoveRequest::decode(&read_body(&app, body).await?).map_err(GrantError::from)?;
     let token = headers
         .get("capi-auth-token")
         .and_then(|v| v.to_str().ok())
