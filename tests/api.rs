@@ -40,14 +40,17 @@ impl Api {
 
     /// A client connecting from `from` (a loopback address other than the node's).
     fn client_from(&self, from: Ipv4Addr) -> reqwest::blocking::Client {
+        self.client_builder_from(from).build().unwrap()
+    }
+
+    /// [`Api::client_from`] before it is built, for clients that need more settings.
+    fn client_builder_from(&self, from: Ipv4Addr) -> reqwest::blocking::ClientBuilder {
         let ca = std::fs::read(self.node.state.join("certs/ca.crt")).unwrap();
         reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(10))
             .tls_built_in_root_certs(false)
             .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
             .local_address(IpAddr::V4(from))
-            .build()
-            .unwrap()
     }
 
     fn post(&self, from: Ipv4Addr, path: &str, body: &str) -> (u16, String) {
@@ -1018,13 +1021,8 @@ fn over_limit_bodies_get_their_413_over_http2_and_from_python_requests() {
     // Larger than what the kernel buffers on loopback: the client is still sending when the
     // server has seen enough to refuse.
     let big = format!(r#"{{"token":"t","pad":"{}"}}"#, "x".repeat(12 << 20));
-    let ca = std::fs::read(api.node.state.join("certs/ca.crt")).unwrap();
-
-    let h2 = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .local_address(IpAddr::V4(from))
+    let h2 = api
+        .client_builder_from(from)
         .http2_prior_knowledge()
         .build()
         .unwrap();
