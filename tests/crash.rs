@@ -410,3 +410,47 @@ fn a_join_on_a_node_that_lost_quorum_is_refused_and_keeps_the_data() {
         "the datastore is intact: {files_before:?} → {files_after:?}"
     );
 }
+
+#[test]
+fn a_daemon_stopped_mid_join_ends_at_a_checkpoint_and_settles_at_start() {
+    let cp = Node::start();
+    let mut joiner = start_holding("join-cp-adding");
+    let url = join_url(&cp);
+    let background = cli_background(&joiner, &["join", &url]);
+    wait_held(&joiner, "join-cp-adding");
+    let (status, took) = joiner.terminate();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(5), "the stop took {took:?}");
+    let out = wait_output(background);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("stopping") || err.contains("stopped during the join"),
+        "{err}"
+    );
+    restart_plain(&mut joiner);
+    let got = outcome(&cp, &joiner);
+    assert_eq!(got, Outcome::Alone, "{}", joiner.log_text());
+    go_on(&cp, &joiner, got);
+}
+
+#[test]
+fn no_new_change_starts_while_an_earlier_one_is_unsettled() {
+    let cp = Node::start();
+    let joiner = Node::start();
+    let journal = joiner.state.join("var/cluster-agent/journal.json");
+    std::fs::create_dir_all(journal.parent().unwrap()).unwrap();
+    std::fs::write(
+        &journal,
+        r#"{"change":{"operation":"join-worker","step":{"step":"configuring"}},"started":0}"#,
+    )
+    .unwrap();
+    let out = cli(&joiner, &["join", &join_url(&cp)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("Restart the cluster-agent daemon"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(journal.exists(), "the unsettled record is kept");
+}

@@ -17,12 +17,13 @@ pub mod ratelimit;
 pub mod v1;
 pub mod v2;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -143,9 +144,37 @@ pub async fn not_found() -> ApiError {
 
 /// The request body, at most [`MAX_BODY_BYTES`]. An over-limit body is read on and dropped
 /// (up to [`DISCARD_BYTES`]) before the 413, so the client is still listening when it comes;
-/// a body that does not arrive within the deadline gets 408.
-pub async fn read_body(app: &AppState, body: axum::body::Body) -> Result<Bytes, ApiError> {
+/// a body that does not arrive within the deadline gets 408. Nothing is read for a source
+/// that is rate limited, for a body announced larger than the discard bound, or for a client
+/// that waits for `100 Continue` before sending an over-limit body: those get their answer
+/// at once.
+pub async fn read_body(
+    app: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<Bytes, ApiError> {
     use http_body_util::BodyExt;
+    if app
+        .limiter
+        .is_blocked(crate::util::addr::canonical_ip(peer.ip()), Instant::now())
+    {
+        return Err(ApiError::TooManyRequests);
+    }
+    let announced = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let waits_to_send = headers
+        .get(axum::http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if let Some(length) = announced {
+        let over = length > MAX_BODY_BYTES as u64;
+        if over && (waits_to_send || length > DISCARD_BYTES as u64) {
+            return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
+        }
+    }
     let read = async {
         let mut body = body;
         let mut kept = Vec::new();

@@ -34,7 +34,8 @@ async fn join(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<JoinResponseV1>, ApiError> {
-    let req = JoinRequest::decode(&read_body(&app, body).await?).map_err(GrantError::from)?;
+    let req = JoinRequest::decode(&read_body(&app, peer, &headers, body).await?)
+        .map_err(GrantError::from)?;
     let token = req.token.clone();
     let origin = super::v2::origin(peer, &headers);
     guard(&app, peer, "/cluster/api/v1.0/join", Some(&token), async {
@@ -47,9 +48,11 @@ async fn join(
 async fn sign_cert(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Json<SignCertResponse>, ApiError> {
-    let req = SignCertRequest::decode(&read_body(&app, body).await?).map_err(GrantError::from)?;
+    let req = SignCertRequest::decode(&read_body(&app, peer, &headers, body).await?)
+        .map_err(GrantError::from)?;
     let token = req.token.clone();
     guard(
         &app,
@@ -65,9 +68,11 @@ async fn sign_cert(
 async fn configure(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ResultOk>, ApiError> {
-    let req = ConfigureRequest::decode(&read_body(&app, body).await?).map_err(GrantError::from)?;
+    let req = ConfigureRequest::decode(&read_body(&app, peer, &headers, body).await?)
+        .map_err(GrantError::from)?;
     let token = req.callback.clone();
     guard(
         &app,
@@ -83,9 +88,11 @@ async fn configure(
 async fn upgrade(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ResultOk>, ApiError> {
-    let req = UpgradeRequest::decode(&read_body(&app, body).await?).map_err(GrantError::from)?;
+    let req = UpgradeRequest::decode(&read_body(&app, peer, &headers, body).await?)
+        .map_err(GrantError::from)?;
     let token = req.callback.clone();
     guard(
         &app,

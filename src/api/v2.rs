@@ -45,7 +45,8 @@ async fn join(
     uri: axum::http::Uri,
     body: Body,
 ) -> Result<Json<JoinResponseV2>, ApiError> {
-    let req = JoinRequest::decode(&read_body(&app, body).await?).map_err(GrantError::from)?;
+    let req = JoinRequest::decode(&read_body(&app, peer, &headers, body).await?)
+        .map_err(GrantError::from)?;
     let token = req.token.clone();
     let mut origin = origin(peer, &headers);
     if origin.host.is_empty() {
@@ -68,8 +69,8 @@ async fn dqlite_remove(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<()>, ApiError> {
-    let req =
-        DqliteRemoveRequest::decode(&read_body(&app, body).await?).map_err(GrantError::from)?;
+    let req = DqliteRemoveRequest::decode(&read_body(&app, peer, &headers, body).await?)
+        .map_err(GrantError::from)?;
     let token = headers
         .get("capi-auth-token")
         .and_then(|v| v.to_str().ok())
@@ -103,7 +104,7 @@ async fn image_import(
         "/cluster/api/v2.0/image/import",
         token.as_deref(),
         async {
-            callbacks::check_image_import_token(&app.node, token.as_deref())?;
+            callbacks::check_image_import_token(&app.node, token.as_deref()).await?;
             let (chunks, input) = tokio::sync::mpsc::channel(4);
             // The body flows to the command as it arrives; when the command stops reading,
             // the channel closes and so does the upload.

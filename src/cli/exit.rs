@@ -51,6 +51,7 @@ pub fn code(kind: ErrorKind) -> u8 {
         | LeaveNotClustered
         | LeaveWouldLoseQuorum
         | LeaveMembershipUnreadable
+        | LeaveHandoverFailed
         | LeaveResetFailed
         | LeaveRolledBack
         | RemoveOnWorker
@@ -61,6 +62,7 @@ pub fn code(kind: ErrorKind) -> u8 {
         | RemoveNeedsForce
         | RemoveAmbiguous
         | Busy
+        | Unsettled
         | OutcomeUnknown
         | Internal => FAILURE,
     }
@@ -88,7 +90,7 @@ pub const STATUS_HELP: &str = "Exit codes: 0 status shown, 1 no daemon answers, 
 pub const APISERVER_PROXY_HELP: &str = "Exit codes: 0 stopped by SIGTERM/SIGINT after the drain, 1 a file is unreadable or malformed or the port cannot be bound, 2 usage.";
 pub const ADD_NODE_HELP: &str = "Exit codes: 0 token issued, 1 failure, 2 usage.";
 pub const JOIN_HELP: &str = "Exit codes: 0 joined, 1 failure, 2 usage, 4 server identity not verified, 6 join refused by the server, 130 interrupted (the daemon goes on; see `status`).";
-pub const LEAVE_HELP: &str = "Exit codes: 0 left, 1 failure, 2 usage, 3 this node holds the only copy of the datastore, 5 the cluster did not remove this node (nothing changed), 130 interrupted (the daemon goes on; see `status`).";
+pub const LEAVE_HELP: &str = "Exit codes: 0 left, 1 failure, 2 usage, 3 this node holds the only copy of the datastore, 5 the cluster did not remove this node (still a member; its role may have been handed over), 130 interrupted (the daemon goes on; see `status`).";
 pub const REMOVE_NODE_HELP: &str = "Exit codes: 0 removed, 1 refused or failed, 2 usage, 5 the cluster did not remove the member (nothing changed), 130 interrupted (the daemon goes on; see `status`).";
 
 #[cfg(test)]

@@ -23,8 +23,8 @@ pub enum Change {
         voters: Vec<String>,
         contacted: String,
     },
-    /// Joining a cluster as a worker (local files only: undone from the saved copy).
-    JoinWorker,
+    /// Joining a cluster as a worker (local files only).
+    JoinWorker { step: WorkerStep },
     /// A control plane leaving its cluster (or resetting after it was removed from it).
     LeaveControlPlane {
         step: LeaveStep,
@@ -46,6 +46,18 @@ pub enum JoinStep {
     Adding { id: u64, address: String },
     /// The cluster lists the member: only the clean-up is left.
     Joined,
+    /// Decided: the join is being undone (whatever the cluster says by now).
+    Undoing,
+}
+
+/// How far a worker join went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum WorkerStep {
+    /// Writing the worker's files: undone from the saved copy.
+    Configuring,
+    /// Every file written: only the service restarts and the clean-up are left.
+    Configured,
 }
 
 /// How far a control-plane leave went.
@@ -113,10 +125,16 @@ impl Journal {
         Backup::load(&self.state, &self.state.layout().saved_files())
     }
 
-    /// The change is finished or undone: the record goes, then the saved files.
+    /// The change is finished or undone: the record goes, then the saved files, durably (a
+    /// power cut right after must not bring the record back).
     pub fn clear(&self) -> Result<(), StateError> {
-        self.state.remove(&self.state.layout().journal())?;
+        crate::state::remove_file_durably(&self.state.layout().journal())?;
         crate::state::remove_dir_all(&self.state.layout().saved_files())
+    }
+
+    /// Is a change recorded (one that a restart has not settled yet)?
+    pub fn pending(&self) -> Result<bool, StateError> {
+        Ok(crate::state::exists(&self.state.layout().journal()))
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::clients::peer::PeerClient;
 use crate::cluster::bootstrap::{self, BootstrapError};
 use crate::cluster::datastore::Datastore;
-use crate::cluster::operation::Operations;
+use crate::cluster::operation::{Operations, Stopping};
 use crate::cluster::roles::driver::RolesConfig;
 use crate::cluster::serving::{Serving, ServingError};
 use crate::cluster::tokens::TokenStore;
@@ -120,19 +120,31 @@ impl Node {
     }
 
     /// Serves the certificate files' current content on :25000 (after a join or leave
-    /// replaced them). Without a served certificate (tests) there is nothing to reload.
-    pub fn reload_serving_cert(&self) -> Result<(), ServingError> {
-        match &self.parts.serving {
-            Some(serving) => serving.reload(),
-            None => Ok(()),
-        }
+    /// replaced them), reading them on the blocking pool. Without a served certificate
+    /// (tests) there is nothing to reload.
+    pub async fn reload_serving_cert(&self) -> Result<(), ServingError> {
+        let Some(serving) = self.parts.serving.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || serving.reload())
+            .await
+            .map_err(|e| ServingError::Task(e.to_string()))?
     }
 
-    /// A hold point of a multi-step change. In production it does nothing. When the daemon
-    /// was started with `CLUSTER_AGENT_TEST_HOLD` naming `point`, the change stops here:
-    /// it creates `run/held-at-<point>` and waits until that file is removed (or 10 minutes
+    /// A checkpoint between two steps of a multi-step change, each one journaled: if the
+    /// daemon is stopping, the change ends here (`Err(Stopping)`) and the journal tells the
+    /// next start how to finish or undo it.
+    ///
+    /// It is also a test hold point. In production that does nothing; when the daemon was
+    /// started with `CLUSTER_AGENT_TEST_HOLD` naming `point`, the change waits here: it
+    /// creates `run/held-at-<point>` and waits until that file is removed (or 10 minutes
     /// pass), so a test can kill the daemon, interrupt its CLI or just watch at a known step.
-    pub async fn hold(&self, point: &str) {
+    pub async fn checkpoint(&self, point: &str) -> Result<(), Stopping> {
+        self.hold(point).await;
+        self.operations.check()
+    }
+
+    async fn hold(&self, point: &str) {
         if !self.settings().env.test_holds.iter().any(|h| h == point) {
             return;
         }
@@ -147,7 +159,10 @@ impl Node {
             file.display()
         );
         let until = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
-        while crate::state::exists(&file) && tokio::time::Instant::now() < until {
+        while crate::state::exists(&file)
+            && tokio::time::Instant::now() < until
+            && self.operations.check().is_ok()
+        {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         tracing::warn!(point, "test hold released");

@@ -3,6 +3,7 @@
 //! while the CLI that started it is gone. In memory: the on-disk record of a change that must
 //! survive a crash is the journal.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -29,9 +30,29 @@ struct Running {
 #[derive(Debug, Default, Clone)]
 pub struct Operations {
     current: Arc<Mutex<Option<Running>>>,
+    stopping: Arc<AtomicBool>,
 }
 
+/// The daemon is stopping: an operation ends at its next checkpoint and leaves the rest to
+/// the journal (settled at the next start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopping;
+
 impl Operations {
+    /// The daemon is stopping: no operation goes past its next checkpoint.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// `Err(Stopping)` once [`Operations::stop`] was called.
+    pub fn check(&self) -> Result<(), Stopping> {
+        if self.stopping.load(Ordering::SeqCst) {
+            Err(Stopping)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Takes the slot for `operation`, or says what holds it.
     pub fn begin(&self, operation: &'static str) -> Result<Ticket, InProgress> {
         let mut current = self

@@ -13,6 +13,8 @@ pub enum ServingError {
     Read(#[from] StateError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("reloading the certificate failed: {0}")]
+    Task(String),
 }
 
 /// The certificate, key and (optional) CA files, and the certificate now served from them.

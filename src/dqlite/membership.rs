@@ -36,6 +36,8 @@ pub struct Membership {
     template: MemberTemplate,
     slot: tokio::sync::Mutex<Option<EmbeddedMember>>,
     live: RwLock<Option<Live>>,
+    /// Set when the daemon stops: no member starts any more.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,7 @@ impl Membership {
             template,
             slot: tokio::sync::Mutex::new(None),
             live: RwLock::new(None),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -108,6 +111,13 @@ impl Membership {
         Ok(())
     }
 
+    /// Stops the running member for good (the daemon is stopping): a join or leave still
+    /// running cannot start another one behind the stop's back.
+    pub async fn close(&self) -> Result<(), MembershipError> {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stop().await
+    }
+
     /// Stops the running member (if any). The live view is cleared first.
     pub async fn stop(&self) -> Result<(), MembershipError> {
         let mut slot = self.slot.lock().await;
@@ -124,6 +134,11 @@ impl Membership {
     /// cluster (empty directory), or a fresh member for the cluster at `join` seeds.
     pub async fn start(&self, join: Option<Vec<String>>) -> Result<Live, MembershipError> {
         let mut slot = self.slot.lock().await;
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(MembershipError::Client(
+                "the daemon is stopping: no member starts any more".into(),
+            ));
+        }
         // No view of a stopped member may outlive it, even if the new one fails to start.
         if let Ok(mut l) = self.live.write() {
             *l = None;

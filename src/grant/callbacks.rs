@@ -159,12 +159,15 @@ pub async fn upgrade(node: &Node, req: UpgradeRequest) -> Result<ResultOk, Grant
     .await
 }
 
-/// Authorises an image import before its body is read.
-pub fn check_image_import_token(node: &Node, token: Option<&str>) -> Result<(), GrantError> {
-    match token {
-        Some(t) if node.tokens().check_callback_token(t)? => Ok(()),
+/// Authorises an image import before its body is read (the token file is read off the
+/// runtime).
+pub async fn check_image_import_token(node: &Node, token: Option<&str>) -> Result<(), GrantError> {
+    let (node, token) = (node.clone(), token.map(str::to_string));
+    blocking(move || match token {
+        Some(t) if node.tokens().check_callback_token(&t)? => Ok(()),
         _ => Err(GrantError::Unauthorized("Invalid token".into())),
-    }
+    })
+    .await
 }
 
 /// The `ctr` invocation that imports an image tarball from stdin.

@@ -44,6 +44,8 @@ pub enum ErrorKind {
     LeaveOnlyVoter,
     LeaveWouldLoseQuorum,
     LeaveMembershipUnreadable,
+    /// The role handover failed: nothing was removed.
+    LeaveHandoverFailed,
     /// The cluster did not take this member out: nothing changed.
     LeaveDatastoreUnchanged,
     /// Removed from the cluster, but resetting this node to a single-node cluster failed.
@@ -61,6 +63,9 @@ pub enum ErrorKind {
     RemoveDatastoreUnchanged,
     /// Another membership change is in progress on this node.
     Busy,
+    /// An earlier change is recorded in the journal, not finished and not undone: a restart
+    /// of the daemon settles it first.
+    Unsettled,
     /// The daemon went away while it was doing the operation: its outcome is settled when it
     /// starts again.
     OutcomeUnknown,
@@ -97,6 +102,7 @@ impl ErrorKind {
         ErrorKind::LeaveOnlyVoter,
         ErrorKind::LeaveWouldLoseQuorum,
         ErrorKind::LeaveMembershipUnreadable,
+        ErrorKind::LeaveHandoverFailed,
         ErrorKind::LeaveDatastoreUnchanged,
         ErrorKind::LeaveResetFailed,
         ErrorKind::LeaveRolledBack,
@@ -109,6 +115,7 @@ impl ErrorKind {
         ErrorKind::RemoveAmbiguous,
         ErrorKind::RemoveDatastoreUnchanged,
         ErrorKind::Busy,
+        ErrorKind::Unsettled,
         ErrorKind::OutcomeUnknown,
         ErrorKind::Interrupted,
         ErrorKind::Internal,
@@ -119,7 +126,10 @@ impl ErrorKind {
         const MEMBERSHIP: &[&str] = &["join", "leave", "remove-node"];
         const ALL: &[&str] = &["add-node", "join", "leave", "remove-node"];
         match self {
-            ErrorKind::Busy | ErrorKind::OutcomeUnknown | ErrorKind::Interrupted => MEMBERSHIP,
+            ErrorKind::Busy
+            | ErrorKind::Unsettled
+            | ErrorKind::OutcomeUnknown
+            | ErrorKind::Interrupted => MEMBERSHIP,
             ErrorKind::Internal => ALL,
             other => {
                 let name = serde_json::to_value(other)
@@ -137,6 +147,32 @@ impl ErrorKind {
         }
     }
 }
+
+/// The text of a refusal because an earlier change is still in the journal.
+pub const UNSETTLED: &str = "An earlier join or leave on this node did not finish and could not be undone (see the daemon's log). Restart the cluster-agent daemon: it finishes or undoes that change before it serves anything. Then try again.";
+
+/// Takes the slot for a membership change: refused while another runs, or while an earlier
+/// one is still recorded in the journal (starting a new one would overwrite the copy of the
+/// files that change saved).
+pub fn begin<E>(
+    node: &crate::cluster::node::Node,
+    operation: &'static str,
+) -> Result<crate::cluster::operation::Ticket, E>
+where
+    E: From<crate::cluster::operation::InProgress>
+        + From<Unsettled>
+        + From<crate::state::StateError>,
+{
+    let ticket = node.operations().begin(operation)?;
+    if crate::cluster::journal::Journal::new(node.state()).pending()? {
+        return Err(E::from(Unsettled));
+    }
+    Ok(ticket)
+}
+
+/// An earlier change is still recorded in the journal.
+#[derive(Debug, Clone, Copy)]
+pub struct Unsettled;
 
 /// The refusal of an operation that found another one in progress.
 pub fn busy_message(running: &crate::cluster::operation::InProgress) -> String {
@@ -176,6 +212,11 @@ macro_rules! membership_change_error {
         impl From<crate::cluster::operation::InProgress> for $error {
             fn from(running: crate::cluster::operation::InProgress) -> Self {
                 $error::Busy(crate::local::error::busy_message(&running))
+            }
+        }
+        impl From<crate::local::error::Unsettled> for $error {
+            fn from(_: crate::local::error::Unsettled) -> Self {
+                $error::Unsettled
             }
         }
         crate::util::internal_from!(

@@ -36,9 +36,17 @@ pub enum LeaveError {
     WouldLoseQuorum { live_voters: usize, voters: usize },
     #[error("Cannot read the cluster membership: {0}")]
     MembershipUnreadable(String),
-    /// The cluster did not take this member out; nothing changed.
-    #[error("Contacting the cluster to remove {address} failed. Error: {error}")]
+    /// The handover could not be finished, so whether the others keep a quorum without
+    /// this member is not known: nothing was removed.
+    #[error("Handing this member's role over failed ({0}); it was not removed from the cluster. Retry the leave once the cluster is healthy.")]
+    HandoverFailed(String),
+    /// The cluster did not take this member out: it is still a member (its role may have
+    /// been handed over already).
+    #[error("Contacting the cluster to remove {address} failed. Error: {error}. This node is still a member of the cluster (its role may have been handed over).")]
     DatastoreUnchanged { address: String, error: String },
+    /// Whether the cluster removed this member is not known (the journal keeps it).
+    #[error("{0}")]
+    OutcomeUnknown(String),
     /// This member was removed from the cluster, but the reset that follows failed; the
     /// daemon finishes it when it starts again.
     #[error("{0}. This node is out of its cluster; restart the cluster-agent daemon to finish resetting it to a single-node cluster.")]
@@ -49,6 +57,12 @@ pub enum LeaveError {
     /// Another membership change is in progress on this node.
     #[error("{0}")]
     Busy(String),
+    /// An earlier change is still recorded in the journal.
+    #[error("{}", crate::local::error::UNSETTLED)]
+    Unsettled,
+    /// The daemon is stopping: the change ended between two journaled steps.
+    #[error("The cluster-agent daemon is stopping: the leave stopped between two of its steps. The daemon finishes or undoes it when it starts again; then `cluster-agent status` shows where this node stands.")]
+    Stopped,
     #[error("{0}")]
     Internal(String),
 }
@@ -60,10 +74,14 @@ impl Refusal for LeaveError {
             LeaveError::OnlyVoter => ErrorKind::LeaveOnlyVoter,
             LeaveError::WouldLoseQuorum { .. } => ErrorKind::LeaveWouldLoseQuorum,
             LeaveError::MembershipUnreadable(_) => ErrorKind::LeaveMembershipUnreadable,
+            LeaveError::HandoverFailed(_) => ErrorKind::LeaveHandoverFailed,
             LeaveError::DatastoreUnchanged { .. } => ErrorKind::LeaveDatastoreUnchanged,
+            LeaveError::OutcomeUnknown(_) => ErrorKind::OutcomeUnknown,
             LeaveError::ResetFailed(_) => ErrorKind::LeaveResetFailed,
             LeaveError::RolledBack(_) => ErrorKind::LeaveRolledBack,
             LeaveError::Busy(_) => ErrorKind::Busy,
+            LeaveError::Unsettled => ErrorKind::Unsettled,
+            LeaveError::Stopped => ErrorKind::OutcomeUnknown,
             LeaveError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -72,7 +90,7 @@ impl Refusal for LeaveError {
 crate::local::error::membership_change_error!(LeaveError);
 
 pub async fn leave(node: &Node) -> Result<LeaveResponse, LeaveError> {
-    let ticket = node.operations().begin("leave")?;
+    let ticket = crate::local::error::begin::<LeaveError>(node, "leave")?;
     if node.state().has_marker("clustered.lock") {
         ticket.step("resetting this worker to a standalone node");
         let node2 = node.clone();
@@ -86,7 +104,9 @@ pub async fn leave(node: &Node) -> Result<LeaveResponse, LeaveError> {
             Ok::<_, LeaveError>(journal)
         })
         .await?;
-        node.hold("leave-worker").await;
+        node.checkpoint("leave-worker")
+            .await
+            .map_err(|_| LeaveError::Stopped)?;
         let node2 = node.clone();
         return blocking(move || leave_worker(&node2, &journal)).await;
     }
@@ -134,9 +154,9 @@ async fn leave_control_plane(node: &Node, ticket: &Ticket) -> Result<LeaveRespon
             });
         }
         Ok(_) => {}
-        Err(e) => messages.push(format!(
-            "WARNING: handing the role over failed ({e}); removing anyway."
-        )),
+        // Whether the others keep a quorum without this member is the handover's to check:
+        // without its answer the removal does not go ahead.
+        Err(e) => return Err(LeaveError::HandoverFailed(e)),
     }
 
     // From here the cluster decides: the journal says so before it is asked.
@@ -151,22 +171,33 @@ async fn leave_control_plane(node: &Node, ticket: &Ticket) -> Result<LeaveRespon
         failure_domain,
     };
     record(node, &journal, removing).await?;
-    node.hold("leave-removing").await;
+    node.checkpoint("leave-removing")
+        .await
+        .map_err(|_| LeaveError::Stopped)?;
     if let Err(e) = live.client.remove(live.own_id).await {
         // An answer can be lost after the change was applied: the cluster says which.
-        let still_listed = live
+        let listed = live
             .client
             .cluster()
             .await
-            .map(|m| m.iter().any(|n| n.id == live.own_id))
-            .unwrap_or(true);
-        if still_listed {
-            let journal = journal.clone();
-            blocking(move || journal.clear().map_err(LeaveError::from)).await?;
-            return Err(LeaveError::DatastoreUnchanged {
-                address: live.own_address.clone(),
-                error: e.to_string(),
-            });
+            .map(|m| m.iter().any(|n| n.id == live.own_id));
+        let journal = journal.clone();
+        match listed {
+            Ok(true) => {
+                blocking(move || journal.clear().map_err(LeaveError::from)).await?;
+                return Err(LeaveError::DatastoreUnchanged {
+                    address: live.own_address.clone(),
+                    error: e.to_string(),
+                });
+            }
+            Ok(false) => {}
+            Err(unknown) => {
+                // The journal stays: the daemon asks again when it starts.
+                return Err(LeaveError::OutcomeUnknown(format!(
+                    "Asking the cluster to remove {} failed ({e}) and it could not say afterwards whether it did ({unknown}). 'cluster-agent status' shows whether the cluster still lists this node; 'leave' again resets it if not.",
+                    live.own_address
+                )));
+            }
         }
     }
     messages.push(format!("Removed {} from the cluster.", live.own_address));
@@ -198,8 +229,12 @@ async fn reset(
         step: LeaveStep::Resetting,
         failure_domain,
     };
-    record(node, &journal, resetting).await?;
-    node.hold("leave-resetting").await;
+    record(node, &journal, resetting)
+        .await
+        .map_err(|e| LeaveError::ResetFailed(format!("Cannot record the reset: {e}")))?;
+    node.checkpoint("leave-resetting")
+        .await
+        .map_err(|_| LeaveError::Stopped)?;
     membership
         .stop()
         .await
@@ -215,13 +250,18 @@ async fn reset(
             "Starting the new single-node datastore failed: {e}"
         ))
     })?;
-    node.reload_serving_cert().map_err(|e| {
+    node.reload_serving_cert().await.map_err(|e| {
         LeaveError::ResetFailed(format!("Reloading the server certificate failed: {e}"))
     })?;
     let node2 = node.clone();
     let warnings = blocking(move || {
-        Journal::new(node2.state()).clear()?;
-        Ok::<_, LeaveError>(node2.restart_each(&["kubelite"]))
+        let mut warnings = node2.restart_each(&["kubelite"]);
+        if let Err(e) = Journal::new(node2.state()).clear() {
+            warnings.push(format!(
+                "WARNING: cannot clear the journal ({e}); the daemon finishes the reset again when it starts."
+            ));
+        }
+        Ok::<_, LeaveError>(warnings)
     })
     .await?;
     messages.extend(warnings);
@@ -233,13 +273,18 @@ async fn reset(
 /// A worker goes back to a standalone node; every file is restored if that fails. Blocking.
 fn leave_worker(node: &Node, journal: &Journal) -> Result<LeaveResponse, LeaveError> {
     if let Err(e) = reset::reset_worker(node.state(), node.settings().bind) {
-        if let Ok(Some(saved)) = journal.saved_files() {
-            let _ = saved.restore();
-        }
-        journal.clear()?;
-        return Err(LeaveError::RolledBack(e));
+        let restored = journal
+            .saved_files()
+            .and_then(|saved| saved.map_or(Ok(()), |s| s.restore()))
+            .and_then(|()| journal.clear());
+        return Err(match restored {
+            Ok(()) => LeaveError::RolledBack(e),
+            // The journal stays: the daemon finishes the leave when it starts.
+            Err(r) => LeaveError::ResetFailed(format!(
+                "Leaving failed ({e}) and restoring the previous state failed too ({r})"
+            )),
+        });
     }
-    journal.clear()?;
     let mut messages = vec!["Configuring services.".to_string()];
     if let Err(e) = node
         .services()
@@ -248,6 +293,11 @@ fn leave_worker(node: &Node, journal: &Journal) -> Result<LeaveResponse, LeaveEr
         messages.push(format!("WARNING: could not stop apiserver-proxy: {e}"));
     }
     messages.extend(node.restart_each(&["kubelite", "k8s-dqlite"]));
+    if let Err(e) = journal.clear() {
+        messages.push(format!(
+            "WARNING: cannot clear the journal ({e}); the daemon finishes the leave again when it starts."
+        ));
+    }
     messages.push("This node left the cluster and is a standalone node again. Remove it on the control plane with 'remove-node'.".into());
     tracing::info!("left the cluster (worker)");
     Ok(LeaveResponse { messages })

@@ -40,6 +40,9 @@ pub enum RemoveError {
     /// Another membership change is in progress on this node.
     #[error("{0}")]
     Busy(String),
+    /// An earlier change is still recorded in the journal.
+    #[error("{}", crate::local::error::UNSETTLED)]
+    Unsettled,
     #[error("{0}")]
     Internal(String),
 }
@@ -56,6 +59,7 @@ impl Refusal for RemoveError {
             RemoveError::Ambiguous { .. } => ErrorKind::RemoveAmbiguous,
             RemoveError::DatastoreUnchanged { .. } => ErrorKind::RemoveDatastoreUnchanged,
             RemoveError::Busy(_) => ErrorKind::Busy,
+            RemoveError::Unsettled => ErrorKind::Unsettled,
             RemoveError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -112,7 +116,7 @@ pub async fn remove_node(
     if req.node.trim().is_empty() {
         return Err(RemoveError::NoNodeGiven);
     }
-    let ticket = node.operations().begin("remove-node")?;
+    let ticket = crate::local::error::begin::<RemoveError>(node, "remove-node")?;
     ticket.step(&format!("removing {}", req.node.trim()));
     let (ips, id) = match parse_node_ref(&req.node) {
         NodeRef::Ip(ip) => (vec![ip], None),

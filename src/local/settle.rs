@@ -4,25 +4,34 @@
 //! the log what it found and what it did.
 //!
 //! - A control-plane join is undone while the cluster cannot have added the new member; once
-//!   it may have, the cluster says: listed, the join is finished; not listed (or the cluster
-//!   cannot be asked), it is undone, and the log names the member to remove there if it was
-//!   added after all.
-//! - A worker join (local files only) is undone from the saved copy.
+//!   it may have, the cluster says: listed, the join is finished; not listed, it is undone;
+//!   no answer within a minute, it is undone and the log names the member to remove there if
+//!   it was added after all.
+//! - A worker join is undone from the saved copy while it was writing files, and finished
+//!   once they were all written.
 //! - A leave is finished once the cluster no longer lists the member (the reset is redone
 //!   from the top: it is idempotent); a leave cut short before the cluster removed the
 //!   member leaves the node as it was.
+//!
+//! Invariant: a decision is recorded in the journal before it is acted on (`Undoing`,
+//! `Joined`, `Resetting`), so a crash while settling carries on with the same decision
+//! instead of asking again and finding half of its own work.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cluster::journal::{Change, JoinStep, Journal, LeaveStep, Record};
+use crate::cluster::journal::{Change, JoinStep, Journal, LeaveStep, Record, WorkerStep};
 use crate::dqlite::{Client, ClientTls, Options};
 use crate::state::{StateDir, StateError};
 use crate::sys::blocking::{blocking, TaskFailed};
 use crate::sys::services::{ServiceAction, ServiceManager};
 
-/// How long the cluster gets to say whether it lists a member.
-const ASK_CLUSTER: Duration = Duration::from_secs(10);
+/// How long one question to the cluster may take.
+const ASK_ONCE: Duration = Duration::from_secs(10);
+/// How long settling keeps asking a cluster that does not answer (it may be coming back
+/// from the same power cut) before it decides without it.
+const ASK_PATIENCE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettleError {
@@ -44,14 +53,19 @@ impl From<TaskFailed> for SettleError {
     }
 }
 
-/// Finishes or undoes the change the journal of `state` records, if any. Returns what it
-/// did, for the log.
-pub async fn settle(
-    state: &StateDir,
-    bind: SocketAddr,
-    services: &dyn ServiceManager,
-) -> Result<Option<String>, SettleError> {
-    let journal = Journal::new(state);
+/// What settling needs: the state directory, this node's `--bind` (for the bootstrap a
+/// reset ends with) and the service manager (the restarts the interrupted change still
+/// owed).
+pub struct Settle<'a> {
+    pub state: &'a StateDir,
+    pub bind: SocketAddr,
+    pub services: Arc<dyn ServiceManager>,
+}
+
+/// Finishes or undoes the change the journal records, if any. Returns what it did, for the
+/// log.
+pub async fn settle(ctx: &Settle<'_>) -> Result<Option<String>, SettleError> {
+    let journal = Journal::new(ctx.state);
     let read = journal.clone();
     let Some(record) = blocking(move || read.read().map_err(SettleError::from)).await? else {
         return Ok(None);
@@ -59,40 +73,57 @@ pub async fn settle(
     let operation = operation_name(&record);
     let failed = |reason: String| SettleError::Failed {
         operation,
-        journal: state.layout().journal().display().to_string(),
+        journal: ctx.state.layout().journal().display().to_string(),
         reason,
     };
-    let done = match record.change {
+    let done = match record.change.clone() {
         Change::JoinControlPlane { step, voters, .. } => {
-            let listed = match &step {
-                JoinStep::Installing => Some(false),
-                JoinStep::Adding { id, .. } => is_listed(state, &voters, *id).await,
-                JoinStep::Joined => Some(true),
+            let mut note = None;
+            let finish = match &step {
+                JoinStep::Installing | JoinStep::Undoing => false,
+                JoinStep::Joined => true,
+                JoinStep::Adding { id, address } => match ask(ctx.state, &voters, *id).await {
+                    Some(listed) => listed,
+                    None => {
+                        note = Some(format!(
+                            " The cluster did not say within {}s whether it added member {id:#x} at {address}; if it lists that member, remove it there with 'remove-node --force {}'.",
+                            ASK_PATIENCE.as_secs(),
+                            crate::util::addr::host_of(address)
+                        ));
+                        false
+                    }
+                },
             };
-            let state2 = state.clone();
-            if listed == Some(true) {
+            if finish {
+                decide(&journal, &record, JoinStep::Joined)
+                    .await
+                    .map_err(&failed)?;
+                restart(&ctx.services, &["kubelite"]).await;
+                let state = ctx.state.clone();
                 off_runtime(move || {
-                    super::join::control_plane::finish(&state2).map_err(|e| e.to_string())
+                    super::join::control_plane::finish(&state).map_err(|e| e.to_string())
                 })
                 .await
                 .map_err(failed)?;
-                restart(services, &["kubelite"]);
                 "finished a control-plane join the cluster had taken: this node is its member"
                     .to_string()
             } else {
-                off_runtime(move || super::join::control_plane::undo(&state2))
+                decide(&journal, &record, JoinStep::Undoing)
+                    .await
+                    .map_err(&failed)?;
+                let state = ctx.state.clone();
+                off_runtime(move || super::join::control_plane::undo(&state))
                     .await
                     .map_err(failed)?;
-                match (&step, listed) {
-                    (JoinStep::Adding { id, address }, None) => format!(
-                        "undid an unfinished control-plane join: this node is its previous single-node cluster again. The cluster could not be asked whether it added member {id:#x} at {address}; if it lists that member, remove it there with 'remove-node --force {}'",
-                        crate::util::addr::host_of(address)
-                    ),
-                    _ => "undid an unfinished control-plane join the cluster had not taken: this node is its previous single-node cluster again".to_string(),
-                }
+                format!(
+                    "undid an unfinished control-plane join: this node is its previous single-node cluster again.{}",
+                    note.unwrap_or_default()
+                )
             }
         }
-        Change::JoinWorker => {
+        Change::JoinWorker {
+            step: WorkerStep::Configuring,
+        } => {
             let journal2 = journal.clone();
             off_runtime(move || {
                 journal2
@@ -105,29 +136,46 @@ pub async fn settle(
             .map_err(failed)?;
             "undid an unfinished worker join: this node is as it was before it".to_string()
         }
+        Change::JoinWorker {
+            step: WorkerStep::Configured,
+        } => {
+            restart(
+                &ctx.services,
+                &["kubelite", "apiserver-proxy", "k8s-dqlite"],
+            )
+            .await;
+            clear(&journal).await.map_err(failed)?;
+            "finished a worker join: this node is a worker of its cluster".to_string()
+        }
         Change::LeaveControlPlane {
             step,
             failure_domain,
         } => {
             let removed = match &step {
-                LeaveStep::Removing { id, .. } => is_listed(state, &[], *id).await.map(|l| !l),
+                LeaveStep::Removing { id, .. } => ask(ctx.state, &[], *id).await.map(|l| !l),
                 LeaveStep::Resetting => Some(true),
             };
             if removed == Some(true) {
-                let (state2, journal2) = (state.clone(), journal.clone());
+                if let LeaveStep::Removing { .. } = step {
+                    let resetting = Change::LeaveControlPlane {
+                        step: LeaveStep::Resetting,
+                        failure_domain,
+                    };
+                    record_change(&journal, &record, resetting)
+                        .await
+                        .map_err(&failed)?;
+                }
+                let (state, bind) = (ctx.state.clone(), ctx.bind);
                 off_runtime(move || {
-                    super::reset::reset_control_plane(&state2, bind, failure_domain)
-                        .and_then(|()| journal2.clear().map_err(|e| e.to_string()))
+                    super::reset::reset_control_plane(&state, bind, failure_domain)
                 })
                 .await
-                .map_err(failed)?;
-                restart(services, &["kubelite"]);
+                .map_err(&failed)?;
+                restart(&ctx.services, &["kubelite"]).await;
+                clear(&journal).await.map_err(failed)?;
                 "finished a leave: this node is a fresh single-node cluster".to_string()
             } else {
-                let journal2 = journal.clone();
-                off_runtime(move || journal2.clear().map_err(|e| e.to_string()))
-                    .await
-                    .map_err(failed)?;
+                clear(&journal).await.map_err(failed)?;
                 if removed.is_none() {
                     "a leave was cut short and the cluster could not be asked whether it removed this member: the node is kept as it was; 'cluster-agent status' shows whether the cluster still lists it and 'leave' resets it if not".to_string()
                 } else {
@@ -136,21 +184,61 @@ pub async fn settle(
             }
         }
         Change::LeaveWorker => {
-            let (state2, journal2) = (state.clone(), journal.clone());
-            off_runtime(move || {
-                super::reset::reset_worker(&state2, bind)
-                    .and_then(|()| journal2.clear().map_err(|e| e.to_string()))
+            let (state, bind) = (ctx.state.clone(), ctx.bind);
+            off_runtime(move || super::reset::reset_worker(&state, bind))
+                .await
+                .map_err(&failed)?;
+            let services = ctx.services.clone();
+            blocking(move || {
+                if let Err(e) = services.apply(ServiceAction::Stop, "apiserver-proxy") {
+                    tracing::warn!(error = %e, "could not stop apiserver-proxy");
+                }
+                Ok::<_, TaskFailed>(())
             })
             .await
-            .map_err(failed)?;
-            if let Err(e) = services.apply(ServiceAction::Stop, "apiserver-proxy") {
-                tracing::warn!(error = %e, "could not stop apiserver-proxy");
-            }
-            restart(services, &["kubelite", "k8s-dqlite"]);
+            .ok();
+            restart(&ctx.services, &["kubelite", "k8s-dqlite"]).await;
+            clear(&journal).await.map_err(failed)?;
             "finished a worker's leave: this node is a standalone node again".to_string()
         }
     };
     Ok(Some(done))
+}
+
+/// Records the decision `step` for the control-plane join in `record`.
+async fn decide(journal: &Journal, record: &Record, step: JoinStep) -> Result<(), String> {
+    let Change::JoinControlPlane {
+        voters, contacted, ..
+    } = record.change.clone()
+    else {
+        return Err("not a control-plane join".into());
+    };
+    record_change(
+        journal,
+        record,
+        Change::JoinControlPlane {
+            step,
+            voters,
+            contacted,
+        },
+    )
+    .await
+}
+
+async fn record_change(journal: &Journal, record: &Record, change: Change) -> Result<(), String> {
+    let (journal, record) = (
+        journal.clone(),
+        Record {
+            change,
+            started: record.started,
+        },
+    );
+    off_runtime(move || journal.record(&record).map_err(|e| e.to_string())).await
+}
+
+async fn clear(journal: &Journal) -> Result<(), String> {
+    let journal = journal.clone();
+    off_runtime(move || journal.clear().map_err(|e| e.to_string())).await
 }
 
 /// Runs `f` on the blocking pool; its failure, or the task's, is the reason text.
@@ -165,23 +253,48 @@ async fn off_runtime(
 fn operation_name(record: &Record) -> &'static str {
     match record.change {
         Change::JoinControlPlane { .. } => "control-plane join",
-        Change::JoinWorker => "worker join",
+        Change::JoinWorker { .. } => "worker join",
         Change::LeaveControlPlane { .. } => "leave",
         Change::LeaveWorker => "worker leave",
     }
 }
 
-fn restart(services: &dyn ServiceManager, names: &[&str]) {
-    for name in names {
-        if let Err(e) = services.restart(name) {
-            tracing::warn!(service = name, error = %e, "could not restart");
+/// The restarts an interrupted change still owed (on the blocking pool; a failure is only
+/// logged: the node's files are what they should be).
+async fn restart(services: &Arc<dyn ServiceManager>, names: &[&'static str]) {
+    let (services, names) = (services.clone(), names.to_vec());
+    let _ = tokio::task::spawn_blocking(move || {
+        for name in names {
+            if let Err(e) = services.restart(name) {
+                tracing::warn!(service = name, error = %e, "could not restart");
+            }
         }
+    })
+    .await;
+}
+
+/// Does the cluster list member `id`? Asked again until it answers or [`ASK_PATIENCE`] runs
+/// out (`None`).
+async fn ask(state: &StateDir, seeds: &[String], id: u64) -> Option<bool> {
+    let until = tokio::time::Instant::now() + ASK_PATIENCE;
+    loop {
+        if let Some(listed) = is_listed(state, seeds, id).await {
+            return Some(listed);
+        }
+        if tokio::time::Instant::now() >= until {
+            return None;
+        }
+        tracing::info!(
+            id = format_args!("{id:#x}"),
+            "the cluster does not answer yet; asking again"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
 /// Does the cluster this node's backend belongs to list member `id`? Asked of `seeds` and
 /// the members `info.yaml` and `cluster.yaml` name, with the backend's cluster certificate;
-/// `None` when no leader answers in time.
+/// `None` when no leader answers in time (or the backend cannot say who to ask).
 async fn is_listed(state: &StateDir, seeds: &[String], id: u64) -> Option<bool> {
     let backend = state.layout().backend_dir();
     let tls = ClientTls::load(&backend.join("cluster.crt"), &backend.join("cluster.key")).ok()?;
@@ -197,13 +310,101 @@ async fn is_listed(state: &StateDir, seeds: &[String], id: u64) -> Option<bool> 
     let options = Options {
         dial_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(3),
-        call_timeout: ASK_CLUSTER,
+        call_timeout: ASK_ONCE,
         ..Default::default()
     };
     let client = Client::new(all, Some(tls), options).ok()?;
-    let nodes = tokio::time::timeout(ASK_CLUSTER, client.cluster())
+    let nodes = tokio::time::timeout(ASK_ONCE, client.cluster())
         .await
         .ok()?
         .ok()?;
     Some(nodes.iter().any(|n| n.id == id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::services::RecordingServices;
+
+    /// A control-plane join stopped after it moved the old datastore aside and replaced
+    /// `ca.crt`, recorded at `step`.
+    fn half_joined(dir: &std::path::Path, step: JoinStep) -> StateDir {
+        let state = StateDir::new(dir);
+        state.ensure_layout().unwrap();
+        let l = state.layout();
+        state.write(&l.ca_crt(), b"old CA", 0o644).unwrap();
+        state.write(&l.backend("old-data"), b"x", 0o600).unwrap();
+        let journal = Journal::new(&state);
+        journal.save_files(&[l.ca_crt()]).unwrap();
+        journal
+            .record(&Record {
+                change: Change::JoinControlPlane {
+                    step,
+                    voters: vec!["127.0.0.1:1".into()],
+                    contacted: "127.0.0.1:25000".into(),
+                },
+                started: 0,
+            })
+            .unwrap();
+        let aside = super::super::join::control_plane::backup_dir(&l.backend_dir());
+        crate::state::rename(&l.backend_dir(), &aside).unwrap();
+        state.write(&l.backend("new-data"), b"y", 0o600).unwrap();
+        state.write(&l.ca_crt(), b"cluster CA", 0o644).unwrap();
+        state
+    }
+
+    async fn run(state: &StateDir) -> (Option<String>, RecordingServices) {
+        let services = RecordingServices::default();
+        let done = settle(&Settle {
+            state,
+            bind: "127.0.0.1:25000".parse().unwrap(),
+            services: Arc::new(services.clone()),
+        })
+        .await
+        .unwrap();
+        (done, services)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_undo_decided_earlier_is_carried_through() {
+        for step in [JoinStep::Installing, JoinStep::Undoing] {
+            let dir = tempfile::tempdir().unwrap();
+            let state = half_joined(dir.path(), step.clone());
+            let (done, services) = run(&state).await;
+            assert!(done.unwrap().starts_with("undid"), "{step:?}");
+            let l = state.layout();
+            assert!(crate::state::exists(&l.backend("old-data")), "{step:?}");
+            assert!(!crate::state::exists(&l.backend("new-data")), "{step:?}");
+            assert_eq!(state.read_string(&l.ca_crt()).unwrap(), "old CA");
+            assert!(!Journal::new(&state).pending().unwrap());
+            assert!(
+                services.calls().is_empty(),
+                "nothing to restart after an undo"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_join_the_cluster_took_is_finished_without_asking_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = half_joined(dir.path(), JoinStep::Joined);
+        let (done, services) = run(&state).await;
+        assert!(done.unwrap().starts_with("finished"));
+        let l = state.layout();
+        assert!(crate::state::exists(&l.backend("new-data")));
+        assert!(!crate::state::exists(
+            &super::super::join::control_plane::backup_dir(&l.backend_dir())
+        ));
+        assert_eq!(state.read_string(&l.ca_crt()).unwrap(), "cluster CA");
+        assert!(!Journal::new(&state).pending().unwrap());
+        assert_eq!(services.calls().len(), 1, "kubelite restarted once");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_to_settle_is_nothing_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        state.ensure_layout().unwrap();
+        assert_eq!(run(&state).await.0, None);
+    }
 }

@@ -312,6 +312,16 @@ pub fn remove_file(path: &Path) -> Result<(), StateError> {
     }
 }
 
+/// Removes a file and makes the removal durable (fsync of its directory); an absent file is
+/// not an error.
+pub fn remove_file_durably(path: &Path) -> Result<(), StateError> {
+    remove_file(path)?;
+    atomic::sync_parent(path).map_err(|source| StateError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Removes a directory and everything in it; an absent directory is not an error.
 pub fn remove_dir_all(path: &Path) -> Result<(), StateError> {
     match fs::remove_dir_all(path) {

@@ -27,7 +27,7 @@ use super::adopt::{adopt_apiserver_args, cluster_kubelet_args};
 use super::error::JoinError;
 use crate::cluster::journal::{Change, JoinStep, Journal, Record};
 use crate::cluster::node::Node;
-use crate::cluster::operation::Ticket;
+use crate::cluster::operation::{Stopping, Ticket};
 use crate::dqlite::membership::Membership;
 use crate::dqlite::{Client, Role};
 use crate::format::wire::JoinResponseV2;
@@ -66,18 +66,29 @@ pub fn backup_dir(backend: &Path) -> PathBuf {
     backend.with_file_name("backend.join-backup")
 }
 
-/// A step of the install failed; the text says which and why.
+/// Why the install did not get to its end.
 #[derive(Debug)]
-struct StepFailed(String);
+enum StepFailed {
+    /// A step failed; the text says which and why.
+    Failed(String),
+    /// The daemon is stopping: the install ended at a checkpoint, the journal has the rest.
+    Stopping,
+}
 
 impl From<TaskFailed> for StepFailed {
     fn from(e: TaskFailed) -> Self {
-        StepFailed(e.to_string())
+        StepFailed::Failed(e.to_string())
+    }
+}
+
+impl From<Stopping> for StepFailed {
+    fn from(_: Stopping) -> Self {
+        StepFailed::Stopping
     }
 }
 
 fn fail(e: impl std::fmt::Display) -> StepFailed {
-    StepFailed(e.to_string())
+    StepFailed::Failed(e.to_string())
 }
 
 /// Makes this node a control plane of the cluster that sent `answer` (reached at
@@ -114,25 +125,53 @@ pub async fn join(
     progress
         .record(JoinStep::Installing)
         .await
-        .map_err(|StepFailed(e)| JoinError::NothingChanged(e))?;
-    node.hold("join-cp-installing").await;
+        .map_err(|e| match e {
+            StepFailed::Failed(e) => JoinError::NothingChanged(e),
+            StepFailed::Stopping => JoinError::Stopped,
+        })?;
+    node.checkpoint("join-cp-installing")
+        .await
+        .map_err(|_| JoinError::Stopped)?;
 
     let result = install(node, &membership, &answer, &ca_key, &mut progress).await;
     let mut messages = std::mem::take(&mut progress.messages);
-    if let Err(StepFailed(cause)) = result {
+    if let Err(StepFailed::Stopping) = result {
+        // The journal says how far it went; the next start settles it.
+        return Err(JoinError::Stopped);
+    }
+    if let Err(StepFailed::Failed(cause)) = result {
+        // Decided: undone, whatever the cluster says by now (a crash from here on goes on
+        // undoing).
+        let _ = progress.record(JoinStep::Undoing).await;
+        let mut stale_member = None;
         if let Some((client, id)) = progress.added.take() {
             // The cluster must not keep a member at our address for a datastore that is
             // about to be replaced by the old one.
             if let Err(r) = client.remove(id).await {
-                tracing::warn!(error = %r, id, "could not remove the half-joined member from the cluster");
+                let listed = client
+                    .cluster()
+                    .await
+                    .map(|nodes| nodes.iter().any(|n| n.id == id))
+                    .unwrap_or(true);
+                if listed {
+                    tracing::warn!(error = %r, id, "could not remove the half-joined member from the cluster");
+                    stale_member = Some(id);
+                }
             }
         }
-        return Err(match rollback(node, &membership).await {
-            Ok(()) => JoinError::RolledBack {
+        return Err(match (rollback(node, &membership).await, stale_member) {
+            (Ok(()), None) => JoinError::RolledBack {
                 cause,
                 restored: "This node was restored to its previous single-node cluster.".into(),
             },
-            Err(r) => JoinError::RollbackFailed {
+            (Ok(()), Some(id)) => JoinError::RollbackFailed {
+                cause,
+                restore_error: format!(
+                    "This node was restored to its previous single-node cluster, but the cluster may still list its new member ({id:#x}); remove it there with 'remove-node --force {}'.",
+                    node.settings().bind.ip()
+                ),
+            },
+            (Err(r), _) => JoinError::RollbackFailed {
                 cause,
                 restore_error: format!(
                     "Restoring the previous state failed too ({r}); the daemon tries again when it starts."
@@ -140,16 +179,27 @@ pub async fn join(
             },
         });
     }
-    node.hold("join-cp-joined").await;
+    // The cluster lists this member: the join has happened, nothing below undoes it (a
+    // failure is a warning, and a crash is finished at the next start).
+    let _ = node.checkpoint("join-cp-joined").await;
+    if let Err(e) = node.reload_serving_cert().await {
+        messages.push(format!(
+            "WARNING: could not serve the new :25000 certificate yet ({e}); restart the daemon."
+        ));
+    }
     let node2 = node.clone();
     let warnings = blocking(move || {
-        finish(node2.state())?;
         let mut warnings = Vec::new();
         // The joined node's Calico reaches the cluster over the interface it contacted.
         if let Err(e) = crate::cluster::calico::pin_own_copy(&node2, contacted.ip()) {
             warnings.push(format!("WARNING: failed to update cni configuration: {e}"));
         }
         warnings.extend(node2.restart_each(&["kubelite"]));
+        if let Err(e) = finish(node2.state()) {
+            warnings.push(format!(
+                "WARNING: could not clean up after the join ({e}); the daemon does it when it starts."
+            ));
+        }
         Ok::<_, JoinError>(warnings)
     })
     .await?;
@@ -209,7 +259,7 @@ async fn install(
     let ca_key = ca_key.to_string();
     let failure_domain = membership.template().failure_domain;
     blocking(move || install_files(&state, bind, &files, &ca_key, failure_domain)).await?;
-    node.hold("join-cp-installed").await;
+    node.checkpoint("join-cp-installed").await?;
 
     // A fresh member, added to the cluster as a spare.
     ticket.step("starting the new member");
@@ -227,7 +277,7 @@ async fn install(
         })
         .await?;
     progress.added = Some((client.clone(), live.own_id));
-    node.hold("join-cp-adding").await;
+    node.checkpoint("join-cp-adding").await?;
     client
         .add(live.own_id, &live.own_address, Role::Spare)
         .await
@@ -254,7 +304,6 @@ async fn install(
     progress.record(JoinStep::Joined).await?;
     progress.added = None;
     membership.refresh_cluster_yaml().await;
-    node.reload_serving_cert().map_err(fail)?;
     Ok(())
 }
 
@@ -381,7 +430,7 @@ async fn rollback(node: &Node, membership: &Membership) -> Result<(), String> {
             failures.push(format!("restarting the previous member: {e}"));
         }
     }
-    if let Err(e) = node.reload_serving_cert() {
+    if let Err(e) = node.reload_serving_cert().await {
         failures.push(format!("reloading the :25000 certificate: {e}"));
     }
     if failures.is_empty() {

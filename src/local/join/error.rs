@@ -64,6 +64,12 @@ pub enum JoinError {
     /// Another membership change is in progress on this node.
     #[error("{0}")]
     Busy(String),
+    /// An earlier change is still recorded in the journal.
+    #[error("{}", crate::local::error::UNSETTLED)]
+    Unsettled,
+    /// The daemon is stopping: the change ended between two journaled steps.
+    #[error("The cluster-agent daemon is stopping: the join stopped between two of its steps. The daemon finishes or undoes it when it starts again; then `cluster-agent status` shows where this node stands.")]
+    Stopped,
     #[error("{0}")]
     Internal(String),
 }
@@ -92,6 +98,8 @@ impl Refusal for JoinError {
             JoinError::RolledBack { .. } => ErrorKind::JoinRolledBack,
             JoinError::RollbackFailed { .. } => ErrorKind::JoinRollbackFailed,
             JoinError::Busy(_) => ErrorKind::Busy,
+            JoinError::Unsettled => ErrorKind::Unsettled,
+            JoinError::Stopped => ErrorKind::OutcomeUnknown,
             JoinError::Internal(_) => ErrorKind::Internal,
         }
     }

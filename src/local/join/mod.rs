@@ -115,7 +115,7 @@ pub async fn join_cluster(
 ) -> Result<JoinClusterResponse, JoinError> {
     let conn = connection::parse(&req.connection)
         .map_err(|e| JoinError::InvalidConnection(e.to_string()))?;
-    let ticket = node.operations().begin("join")?;
+    let ticket = crate::local::error::begin::<JoinError>(node, "join")?;
     if node.state().has_marker("clustered.lock") {
         return Err(JoinError::AlreadyWorker);
     }

@@ -16,7 +16,7 @@ use super::adopt::{adopt_apiserver_args, cluster_kubelet_args};
 use super::error::JoinError;
 use super::target::Target;
 use super::{refusal_text, JOIN_TIMEOUT};
-use crate::cluster::journal::{Change, Journal, Record};
+use crate::cluster::journal::{Change, Journal, Record, WorkerStep};
 use crate::cluster::node::Node;
 use crate::cluster::operation::Ticket;
 use crate::format::kubeconfig::Kubeconfig;
@@ -72,14 +72,18 @@ pub async fn join(
             .save_files(&files.all())
             .and_then(|_| {
                 journal2.record(&Record {
-                    change: Change::JoinWorker,
+                    change: Change::JoinWorker {
+                        step: WorkerStep::Configuring,
+                    },
                     started,
                 })
             })
             .map_err(|e| JoinError::NothingChanged(e.to_string()))
     })
     .await?;
-    node.hold("join-worker-configuring").await;
+    node.checkpoint("join-worker-configuring")
+        .await
+        .map_err(|_| JoinError::Stopped)?;
     let node2 = node.clone();
     let mut messages = blocking(move || {
         let files = WorkerFiles::new(node2.state());
@@ -102,8 +106,25 @@ pub async fn join(
                 },
             });
         }
-        journal.clear()?;
-        Ok(node2.restart_each(&["kubelite", "apiserver-proxy", "k8s-dqlite"]))
+        // Every file is written: from here a crash finishes the join (settling restarts
+        // the services) instead of undoing it.
+        let mut messages = Vec::new();
+        let configured = Record {
+            change: Change::JoinWorker {
+                step: WorkerStep::Configured,
+            },
+            started,
+        };
+        if let Err(e) = journal.record(&configured) {
+            messages.push(format!("WARNING: cannot update the journal ({e})."));
+        }
+        messages.extend(node2.restart_each(&["kubelite", "apiserver-proxy", "k8s-dqlite"]));
+        if let Err(e) = journal.clear() {
+            messages.push(format!(
+                "WARNING: cannot clear the journal ({e}); the daemon finishes the join again when it starts."
+            ));
+        }
+        Ok(messages)
     })
     .await?;
     let layout = node.state().layout();
