@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dqlite::external::ExternalMember;
 use crate::dqlite::membership::Membership;
 use crate::state::{StateDir, StateError};
 pub use crate::sys::runner::BoxFuture;
@@ -214,40 +215,6 @@ pub struct External {
     pub yaml: ClusterYaml,
 }
 
-impl External {
-    /// A client seeded with the addresses in `info.yaml` and `cluster.yaml`; `None` without
-    /// a cluster certificate or any address.
-    pub fn client(state: &StateDir) -> Option<Arc<crate::dqlite::Client>> {
-        let layout = state.layout();
-        let tls = crate::dqlite::ClientTls::load(
-            &layout.backend("cluster.crt"),
-            &layout.backend("cluster.key"),
-        )
-        .ok()?;
-        let backend = layout.backend_dir();
-        let mut seeds: Vec<String> = Vec::new();
-        if let Ok(Some((_, address))) = crate::dqlite::files::read_info(&backend) {
-            seeds.push(address);
-        }
-        if let Ok(Some(nodes)) = crate::dqlite::files::read_cluster(&backend) {
-            seeds.extend(nodes.into_iter().map(|n| n.address));
-        }
-        seeds.dedup();
-        if seeds.is_empty() {
-            return None;
-        }
-        let opts = crate::dqlite::Options {
-            dial_timeout: std::time::Duration::from_secs(1),
-            request_timeout: std::time::Duration::from_secs(2),
-            call_timeout: std::time::Duration::from_secs(3),
-            ..Default::default()
-        };
-        crate::dqlite::Client::new(seeds, Some(tls), opts)
-            .ok()
-            .map(Arc::new)
-    }
-}
-
 impl Datastore for External {
     fn members(&self) -> BoxFuture<'_, Result<Vec<Member>, DatastoreError>> {
         Box::pin(async move {
@@ -283,7 +250,7 @@ impl Datastore for External {
 pub struct NodeDatastore {
     pub state: StateDir,
     pub membership: Option<Arc<Membership>>,
-    pub external: Option<Arc<crate::dqlite::Client>>,
+    pub external: Option<Arc<ExternalMember>>,
 }
 
 impl NodeDatastore {
@@ -296,11 +263,9 @@ impl NodeDatastore {
                 client: live.client,
             });
         }
-        match &self.external {
+        match self.external.as_ref().and_then(|e| e.client()) {
             Some(client) => Box::new(External {
-                live: Dqlite {
-                    client: client.clone(),
-                },
+                live: Dqlite { client },
                 yaml,
             }),
             None => Box::new(yaml),

@@ -16,6 +16,7 @@ use crate::cluster::operation::{Operations, Stopping};
 use crate::cluster::roles::driver::RolesConfig;
 use crate::cluster::serving::{Serving, ServingError};
 use crate::cluster::tokens::TokenStore;
+use crate::dqlite::external::ExternalMember;
 use crate::dqlite::membership::Membership;
 use crate::state::{Environment, StateDir};
 use crate::sys::clock::Clock;
@@ -47,6 +48,8 @@ pub struct NodeParts {
     /// The embedded dqlite member this node hosts (embedded datastore); join and leave
     /// replace it.
     pub membership: Option<Arc<Membership>>,
+    /// The member k8s-dqlite hosts for this node (external datastore).
+    pub external: Option<Arc<ExternalMember>>,
     pub services: Arc<dyn ServiceManager>,
     pub runner: Arc<dyn CommandRunner>,
     pub resolver: Arc<dyn Resolver>,
@@ -97,6 +100,10 @@ impl Node {
 
     pub fn membership(&self) -> Option<&Arc<Membership>> {
         self.parts.membership.as_ref()
+    }
+
+    pub fn external(&self) -> Option<&Arc<ExternalMember>> {
+        self.parts.external.as_ref()
     }
 
     pub fn services(&self) -> &dyn ServiceManager {
@@ -282,6 +289,7 @@ pub mod testing {
                 },
                 datastore: fakes.datastore.clone(),
                 membership: None,
+                external: None,
                 services: Arc::new(fakes.services.clone()),
                 runner: Arc::new(fakes.runner.clone()),
                 resolver: Arc::new(StaticResolver::default()),

@@ -16,13 +16,14 @@ use tokio::net::TcpListener;
 use crate::api::{self, https, AppState};
 use crate::clients::peer::HttpsPeers;
 use crate::cluster::bootstrap::{self, BootstrapError, BootstrapOptions};
-use crate::cluster::datastore::{External, NodeDatastore};
+use crate::cluster::datastore::NodeDatastore;
 use crate::cluster::metrics::Metrics;
 use crate::cluster::node::{Node, NodeParts, NodeSettings};
 use crate::cluster::roles::driver::{self as roles, RolesConfig, StepAside};
 use crate::cluster::serving::{Serving, ServingError};
 use crate::control::server as control;
 use crate::control::wire::DaemonInfo;
+use crate::dqlite::external::ExternalMember;
 use crate::dqlite::membership::{MemberTemplate, Membership};
 use crate::state::{StateDir, StateError, StateLock};
 use crate::sys::clock::SystemClock;
@@ -112,8 +113,8 @@ pub struct Daemon {
     tls: Arc<rustls::ServerConfig>,
     app: AppState,
     membership: Option<Arc<Membership>>,
-    /// Client to k8s-dqlite's cluster (external datastore).
-    external: Option<Arc<crate::dqlite::Client>>,
+    /// The member k8s-dqlite hosts (external datastore).
+    external: Option<Arc<ExternalMember>>,
     failure_domain: u64,
 }
 
@@ -199,7 +200,7 @@ impl Daemon {
             None => None,
         };
         let external = match config.datastore {
-            DatastoreMode::External => External::client(&state),
+            DatastoreMode::External => Some(ExternalMember::new(state.layout().backend_dir())),
             DatastoreMode::Embedded => None,
         };
         let node = Node::new(NodeParts {
@@ -216,6 +217,7 @@ impl Daemon {
                 external: external.clone(),
             }),
             membership: membership.clone(),
+            external: external.clone(),
             services,
             runner: Arc::new(SystemRunner),
             resolver: Arc::new(SystemResolver),
@@ -311,14 +313,11 @@ impl Daemon {
                     stop_rx.clone(),
                 )))
             }
-            (None, Some(client)) if config.manage_roles => {
-                let backend = app.node.state().layout().backend_dir();
-                let own = crate::dqlite::files::read_info(&backend)
-                    .ok()
-                    .flatten()
-                    .map(|(id, _)| id);
-                let client = client.clone();
-                let live = move || own.map(|id| (client.clone(), id));
+            (None, Some(external)) if config.manage_roles => {
+                // The member's identity and its cluster as the backend says now (a join or
+                // leave replaces both).
+                let external = external.clone();
+                let live = move || external.client().zip(external.own().map(|(id, _)| id));
                 Some(tokio::spawn(roles::run(
                     live,
                     config.roles.clone(),

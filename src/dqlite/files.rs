@@ -18,6 +18,8 @@ use crate::state::{self, mode, StateError};
 pub const INFO_YAML: &str = "info.yaml";
 pub const CLUSTER_YAML: &str = "cluster.yaml";
 pub const FAILURE_DOMAIN: &str = "failure-domain";
+/// k8s-dqlite's first-start instructions (dqlite.md §3.2): consumed, then deleted.
+pub const INIT_YAML: &str = "init.yaml";
 
 /// One YAML entry. Keys are case-sensitive; on output the order is Address, ID, Role (what
 /// Debian's go-dqlite 1.11 writes); on input any order. IDs routinely exceed `i64::MAX`.
@@ -96,6 +98,24 @@ pub fn parse_cluster(text: &str) -> Result<Vec<NodeInfo>, String> {
         .into_iter()
         .map(Entry::into_node)
         .collect()
+}
+
+/// `init.yaml` for k8s-dqlite: this member's `Address` and the `Cluster` it joins (empty for
+/// a new single-node cluster). Quoted where YAML needs it (`[fd00::1]:19001`).
+pub fn render_init(address: &str, cluster: &[String]) -> String {
+    #[derive(Serialize)]
+    struct Init<'a> {
+        #[serde(rename = "Address")]
+        address: &'a str,
+        #[serde(rename = "Cluster")]
+        cluster: &'a [String],
+    }
+    to_yaml(&Init { address, cluster })
+}
+
+/// The port of a member address (`host:port`, `[v6]:port`), if it has one.
+pub fn port_of(address: &str) -> Option<u16> {
+    address.rsplit_once(':')?.1.parse().ok()
 }
 
 pub fn render_failure_domain(code: u64) -> String {
@@ -271,5 +291,29 @@ mod tests {
         .unwrap();
         let err = read_cluster(dir.path()).unwrap_err().to_string();
         assert!(err.contains("cluster.yaml"), "{err}");
+    }
+
+    #[test]
+    fn init_yaml_is_what_k8s_dqlite_reads() {
+        let text = render_init(
+            "[fd00::2]:19001",
+            &["10.0.0.1:19001".into(), "[fd00::1]:19001".into()],
+        );
+        #[derive(Deserialize)]
+        struct Init {
+            #[serde(rename = "Address")]
+            address: String,
+            #[serde(rename = "Cluster")]
+            cluster: Vec<String>,
+        }
+        let back: Init = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(back.address, "[fd00::2]:19001");
+        assert_eq!(back.cluster, vec!["10.0.0.1:19001", "[fd00::1]:19001"]);
+        assert_eq!(
+            render_init("127.0.0.1:19001", &[]),
+            "Address: 127.0.0.1:19001\nCluster: []\n"
+        );
+        assert_eq!(port_of("[fd00::1]:19002"), Some(19002));
+        assert_eq!(port_of("10.0.0.1"), None);
     }
 }

@@ -6,6 +6,7 @@
 //! See docs/dqlite.md and docs/dqlite-embedded.md.
 
 pub mod client;
+pub mod external;
 /// A scripted dqlite peer for tests: it speaks the wire protocol through our codec
 /// ([`proto`]) and answers as a test's script says. The agent itself never uses it.
 pub mod fake;

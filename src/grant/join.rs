@@ -287,14 +287,9 @@ async fn ensure_routable_address(
     let node2 = node.clone();
     blocking(move || -> Result<_, GrantError> {
         let state = node2.state();
-        let info = state
-            .read_optional(&state.layout().backend("info.yaml"))?
-            .unwrap_or_default();
-        let port = info
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Address:"))
-            .and_then(|a| a.trim().rsplit_once(':').map(|(_, p)| p.to_string()))
-            .unwrap_or_else(|| "19001".into());
+        let port = crate::dqlite::files::read_info(&state.layout().backend_dir())?
+            .and_then(|(_, address)| crate::dqlite::files::port_of(&address))
+            .unwrap_or(crate::dqlite::host::DEFAULT_PORT);
         let host = if ip.contains(':') { format!("[{ip}]") } else { ip.clone() };
         state.write(
             &state.layout().backend("update.yaml"),
