@@ -36,7 +36,7 @@ pub fn code(kind: ErrorKind) -> u8 {
         | JoinAlreadyWorker
         | JoinAlreadyClustered
         | JoinMembershipUnreadable
-        | JoinNeedsEmbeddedMember
+        | JoinNoMember
         | JoinItself
         | JoinClockSkew
         | JoinUnreachable

@@ -29,6 +29,10 @@ pub enum Change {
     LeaveControlPlane {
         step: LeaveStep,
         failure_domain: u64,
+        /// External datastore: the address k8s-dqlite's fresh single-node member takes
+        /// (this member's own), for the `init.yaml` the reset writes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member_address: Option<String>,
     },
     /// A worker going back to a standalone node.
     LeaveWorker,
@@ -44,6 +48,9 @@ pub enum JoinStep {
     /// A fresh member with this identity runs and is being added to the cluster: whether
     /// the cluster took it is the cluster's to say.
     Adding { id: u64, address: String },
+    /// k8s-dqlite is being started with `init.yaml` (external datastore): it adds a member
+    /// at `address` by itself, so whether the cluster took it is the cluster's to say.
+    Starting { address: String },
     /// The cluster lists the member: only the clean-up is left.
     Joined,
     /// Decided: the join is being undone (whatever the cluster says by now).

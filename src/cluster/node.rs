@@ -17,7 +17,7 @@ use crate::cluster::roles::driver::RolesConfig;
 use crate::cluster::serving::{Serving, ServingError};
 use crate::cluster::tokens::TokenStore;
 use crate::dqlite::external::ExternalMember;
-use crate::dqlite::membership::Membership;
+use crate::dqlite::membership::{Live, Membership};
 use crate::state::{Environment, StateDir};
 use crate::sys::clock::Clock;
 use crate::sys::resolver::Resolver;
@@ -104,6 +104,17 @@ impl Node {
 
     pub fn external(&self) -> Option<&Arc<ExternalMember>> {
         self.parts.external.as_ref()
+    }
+
+    /// This node's dqlite member, whoever hosts it: its identity and a client to its
+    /// cluster. `None` when no member runs (a worker, an embedded member being replaced, a
+    /// k8s-dqlite that never started one).
+    pub fn own_member(&self) -> Option<Live> {
+        match (self.membership(), self.external()) {
+            (Some(m), _) => m.live(),
+            (None, Some(e)) => e.live(),
+            (None, None) => None,
+        }
     }
 
     pub fn services(&self) -> &dyn ServiceManager {

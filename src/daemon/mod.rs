@@ -132,6 +132,7 @@ impl Daemon {
             state: &state,
             bind: config.bind,
             services: services.clone(),
+            external: config.datastore == DatastoreMode::External,
         };
         if let Some(done) = crate::local::settle::settle(&settling).await? {
             tracing::warn!(journal = %state.layout().journal().display(), "{done}");

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::membership::Live;
 use super::{files, Client, ClientTls, Options};
 
 /// The member k8s-dqlite hosts from a backend directory.
@@ -62,15 +63,26 @@ impl ExternalMember {
             &self.backend.join("cluster.key"),
         )
         .ok()?;
+        // As the embedded member's client: callers that must answer fast bound their wait.
         let options = Options {
-            dial_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(2),
-            call_timeout: Duration::from_secs(3),
+            dial_timeout: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(30),
             ..Default::default()
         };
         let client = Arc::new(Client::new(seeds.clone(), Some(tls), options).ok()?);
         *cached = Some((seeds, client.clone()));
         Some(client)
+    }
+
+    /// This member's identity and a client to its cluster, as the embedded member gives
+    /// them: `None` before k8s-dqlite first started it (or without a certificate).
+    pub fn live(&self) -> Option<Live> {
+        let (own_id, own_address) = self.own()?;
+        Some(Live {
+            client: self.client()?,
+            own_id,
+            own_address,
+        })
     }
 
     /// The certificate (or the whole backend) was replaced: the next [`client`] is new.

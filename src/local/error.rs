@@ -19,7 +19,10 @@ pub enum ErrorKind {
     JoinAlreadyClustered,
     /// This node's own datastore membership cannot be read.
     JoinMembershipUnreadable,
-    JoinNeedsEmbeddedMember,
+    /// No dqlite member to join with (its wire name is from when only the embedded member
+    /// could join).
+    #[serde(rename = "join-needs-embedded-member")]
+    JoinNoMember,
     JoinItself,
     JoinClockSkew,
     JoinUnreachable,
@@ -84,7 +87,7 @@ impl ErrorKind {
         ErrorKind::JoinAlreadyWorker,
         ErrorKind::JoinAlreadyClustered,
         ErrorKind::JoinMembershipUnreadable,
-        ErrorKind::JoinNeedsEmbeddedMember,
+        ErrorKind::JoinNoMember,
         ErrorKind::JoinItself,
         ErrorKind::JoinClockSkew,
         ErrorKind::JoinUnreachable,

@@ -18,6 +18,7 @@ use crate::cluster::journal::{Change, Journal, LeaveStep, Record};
 use crate::cluster::node::Node;
 use crate::cluster::operation::Ticket;
 use crate::cluster::roles::driver::{handover, Handover};
+use crate::dqlite::external::ExternalMember;
 use crate::sys::blocking::blocking;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,10 +115,15 @@ pub async fn leave(node: &Node) -> Result<LeaveResponse, LeaveError> {
 }
 
 /// A control plane hands its role over, removes itself from the cluster, and starts again as
-/// a fresh single-node cluster with new certificates.
+/// a fresh single-node cluster with new certificates. Either datastore: the embedded
+/// member, or the one k8s-dqlite hosts (which is then stopped, reset and started again).
 async fn leave_control_plane(node: &Node, ticket: &Ticket) -> Result<LeaveResponse, LeaveError> {
-    let membership = node.membership().cloned().ok_or(LeaveError::NotClustered)?;
-    let live = membership.live().ok_or(LeaveError::NotClustered)?;
+    let live = node.own_member().ok_or(LeaveError::NotClustered)?;
+    // k8s-dqlite's fresh member keeps this member's address.
+    let member_address = node
+        .settings()
+        .external_datastore
+        .then(|| live.own_address.clone());
     let members = live
         .client
         .cluster()
@@ -129,7 +135,7 @@ async fn leave_control_plane(node: &Node, ticket: &Ticket) -> Result<LeaveRespon
             "This node ({}) was no longer a member of its cluster (removed with 'remove-node --force', or by a leave that did not finish).",
             live.own_address
         ));
-        return reset(node, ticket, messages).await;
+        return reset(node, ticket, messages, member_address).await;
     }
     if members.len() <= 1 {
         return Err(LeaveError::NotClustered);
@@ -169,6 +175,7 @@ async fn leave_control_plane(node: &Node, ticket: &Ticket) -> Result<LeaveRespon
             address: live.own_address.clone(),
         },
         failure_domain,
+        member_address: member_address.clone(),
     };
     record(node, &journal, removing).await?;
     node.checkpoint("leave-removing")
@@ -201,7 +208,7 @@ async fn leave_control_plane(node: &Node, ticket: &Ticket) -> Result<LeaveRespon
         }
     }
     messages.push(format!("Removed {} from the cluster.", live.own_address));
-    reset(node, ticket, messages).await
+    reset(node, ticket, messages, member_address).await
 }
 
 async fn record(node: &Node, journal: &Journal, change: Change) -> Result<(), LeaveError> {
@@ -216,18 +223,20 @@ async fn record(node: &Node, journal: &Journal, change: Change) -> Result<(), Le
 
 /// This member is out of its cluster: the node starts again as a fresh single-node cluster
 /// with new certificates (journaled, so a crash in the middle is finished at the next start).
+/// `member_address` is set with the external datastore: k8s-dqlite's new member takes it.
 async fn reset(
     node: &Node,
     ticket: &Ticket,
     mut messages: Vec<String>,
+    member_address: Option<String>,
 ) -> Result<LeaveResponse, LeaveError> {
-    let membership = node.membership().cloned().ok_or(LeaveError::NotClustered)?;
     ticket.step("resetting this node to a single-node cluster");
     let failure_domain = reset::current_failure_domain(node.state());
     let journal = Journal::new(node.state());
     let resetting = Change::LeaveControlPlane {
         step: LeaveStep::Resetting,
         failure_domain,
+        member_address: member_address.clone(),
     };
     record(node, &journal, resetting)
         .await
@@ -235,27 +244,53 @@ async fn reset(
     node.checkpoint("leave-resetting")
         .await
         .map_err(|_| LeaveError::Stopped)?;
-    membership
-        .stop()
-        .await
-        .map_err(|e| LeaveError::ResetFailed(format!("Stopping the dqlite member failed: {e}")))?;
     messages.push("Generating new cluster certificates.".into());
-    let (state, bind) = (node.state().clone(), node.settings().bind);
-    blocking(move || {
-        reset::reset_control_plane(&state, bind, failure_domain).map_err(LeaveError::ResetFailed)
-    })
-    .await?;
-    membership.start(None).await.map_err(|e| {
-        LeaveError::ResetFailed(format!(
-            "Starting the new single-node datastore failed: {e}"
-        ))
-    })?;
+    match (&member_address, node.external()) {
+        (Some(address), Some(external)) => {
+            let (node2, address) = (node.clone(), address.clone());
+            blocking(move || {
+                reset::reset_external_control_plane(
+                    node2.state(),
+                    node2.services(),
+                    node2.settings().bind,
+                    failure_domain,
+                    &address,
+                )
+                .map_err(LeaveError::ResetFailed)
+            })
+            .await?;
+            external.forget();
+            messages.extend(wait_for_fresh_member(external).await);
+        }
+        _ => {
+            let membership = node.membership().cloned().ok_or(LeaveError::NotClustered)?;
+            membership.stop().await.map_err(|e| {
+                LeaveError::ResetFailed(format!("Stopping the dqlite member failed: {e}"))
+            })?;
+            let (state, bind) = (node.state().clone(), node.settings().bind);
+            blocking(move || {
+                reset::reset_control_plane(&state, bind, failure_domain)
+                    .map_err(LeaveError::ResetFailed)
+            })
+            .await?;
+            membership.start(None).await.map_err(|e| {
+                LeaveError::ResetFailed(format!(
+                    "Starting the new single-node datastore failed: {e}"
+                ))
+            })?;
+        }
+    }
     node.reload_serving_cert().await.map_err(|e| {
         LeaveError::ResetFailed(format!("Reloading the server certificate failed: {e}"))
     })?;
-    let node2 = node.clone();
+    let (node2, external) = (node.clone(), member_address.is_some());
     let warnings = blocking(move || {
-        let mut warnings = node2.restart_each(&["kubelite"]);
+        // k8s-dqlite's reset started kubelite again already.
+        let mut warnings = if external {
+            Vec::new()
+        } else {
+            node2.restart_each(&["kubelite"])
+        };
         if let Err(e) = Journal::new(node2.state()).clear() {
             warnings.push(format!(
                 "WARNING: cannot clear the journal ({e}); the daemon finishes the reset again when it starts."
@@ -268,6 +303,32 @@ async fn reset(
     messages.push("This node left the cluster and is a fresh single-node cluster. Remove it from the others' Kubernetes with 'remove-node' if needed.".into());
     tracing::info!("left the cluster (control plane)");
     Ok(LeaveResponse { messages })
+}
+
+/// How long k8s-dqlite may take to start the fresh single-node member after a reset.
+const FRESH_MEMBER_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until k8s-dqlite's fresh member answers as the only member of its cluster; a
+/// warning line if it does not in time (the reset itself is done).
+async fn wait_for_fresh_member(external: &ExternalMember) -> Vec<String> {
+    let until = tokio::time::Instant::now() + FRESH_MEMBER_WAIT;
+    loop {
+        if let Some(live) = external.live() {
+            let answer = tokio::time::timeout(Duration::from_secs(5), live.client.cluster()).await;
+            if let Ok(Ok(nodes)) = answer {
+                if nodes.len() == 1 && nodes[0].id == live.own_id {
+                    return Vec::new();
+                }
+            }
+        }
+        if tokio::time::Instant::now() > until {
+            return vec![format!(
+                "WARNING: k8s-dqlite did not start the new single-node datastore within {}s; check its log ('snap logs microk8s.daemon-k8s-dqlite').",
+                FRESH_MEMBER_WAIT.as_secs()
+            )];
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A worker goes back to a standalone node; every file is restored if that fails. Blocking.

@@ -55,6 +55,22 @@ pub fn reset_control_plane(
         .map_err(|e| format!("Bootstrapping a new single-node cluster failed: {e}"))
 }
 
+/// [`reset_control_plane`] for a member k8s-dqlite hosts: k8s-dqlite and the API server are
+/// stopped first, an `init.yaml` has k8s-dqlite start a new single-node cluster at
+/// `member_address` (this member's), and both start again. Blocking.
+pub fn reset_external_control_plane(
+    state: &StateDir,
+    services: &dyn crate::sys::services::ServiceManager,
+    bind: SocketAddr,
+    failure_domain: u64,
+    member_address: &str,
+) -> Result<(), String> {
+    crate::local::k8s_dqlite::stop(services)?;
+    reset_control_plane(state, bind, failure_domain)?;
+    crate::local::k8s_dqlite::write_init(state, member_address, &[]).map_err(|e| e.to_string())?;
+    crate::local::k8s_dqlite::start(services)
+}
+
 /// What a worker's join wrote, which its leave removes.
 fn worker_files(state: &StateDir) -> Vec<PathBuf> {
     let l = state.layout();

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::journal::{Change, JoinStep, Journal, LeaveStep, Record, WorkerStep};
-use crate::dqlite::{Client, ClientTls, Options};
+use crate::dqlite::{Client, ClientTls, NodeInfo, Options};
 use crate::state::{StateDir, StateError};
 use crate::sys::blocking::{blocking, TaskFailed};
 use crate::sys::services::{ServiceAction, ServiceManager};
@@ -54,12 +54,14 @@ impl From<TaskFailed> for SettleError {
 }
 
 /// What settling needs: the state directory, this node's `--bind` (for the bootstrap a
-/// reset ends with) and the service manager (the restarts the interrupted change still
-/// owed).
+/// reset ends with), the service manager (the restarts the interrupted change still owed)
+/// and who hosts the member (`external`: k8s-dqlite, stopped and started around the undo
+/// or reset).
 pub struct Settle<'a> {
     pub state: &'a StateDir,
     pub bind: SocketAddr,
     pub services: Arc<dyn ServiceManager>,
+    pub external: bool,
 }
 
 /// Finishes or undoes the change the journal records, if any. Returns what it did, for the
@@ -79,26 +81,45 @@ pub async fn settle(ctx: &Settle<'_>) -> Result<Option<String>, SettleError> {
     let done = match record.change.clone() {
         Change::JoinControlPlane { step, voters, .. } => {
             let mut note = None;
+            let listed = |nodes: &[NodeInfo], id: Option<u64>, address: &str| {
+                nodes
+                    .iter()
+                    .any(|n| Some(n.id) == id || n.address == address)
+            };
             let finish = match &step {
                 JoinStep::Installing | JoinStep::Undoing => false,
                 JoinStep::Joined => true,
-                JoinStep::Adding { id, address } => match ask(ctx.state, &voters, *id).await {
-                    Some(listed) => listed,
-                    None => {
-                        note = Some(format!(
-                            " The cluster did not say within {}s whether it added member {id:#x} at {address}; if it lists that member, remove it there with 'remove-node --force {}'.",
-                            ASK_PATIENCE.as_secs(),
-                            crate::util::addr::host_of(address)
-                        ));
-                        false
+                JoinStep::Adding { id: _, address } | JoinStep::Starting { address } => {
+                    let id = match &step {
+                        JoinStep::Adding { id, .. } => Some(*id),
+                        _ => None,
+                    };
+                    match ask(ctx.state, &voters).await {
+                        Some(nodes) => listed(&nodes, id, address),
+                        None => {
+                            note = Some(format!(
+                                " The cluster did not say within {}s whether it added this node's member at {address}; if it lists it, remove it there with 'remove-node --force {}'.",
+                                ASK_PATIENCE.as_secs(),
+                                crate::util::addr::host_of(address)
+                            ));
+                            false
+                        }
                     }
-                },
+                }
             };
             if finish {
                 decide(&journal, &record, JoinStep::Joined)
                     .await
                     .map_err(&failed)?;
-                restart(&ctx.services, &["kubelite"]).await;
+                if ctx.external {
+                    // k8s-dqlite may not have been started yet, and kubelite was stopped.
+                    let services = ctx.services.clone();
+                    off_runtime(move || super::k8s_dqlite::start(services.as_ref()))
+                        .await
+                        .map_err(&failed)?;
+                } else {
+                    restart(&ctx.services, &["kubelite"]).await;
+                }
                 let state = ctx.state.clone();
                 off_runtime(move || {
                     super::join::control_plane::finish(&state).map_err(|e| e.to_string())
@@ -111,10 +132,14 @@ pub async fn settle(ctx: &Settle<'_>) -> Result<Option<String>, SettleError> {
                 decide(&journal, &record, JoinStep::Undoing)
                     .await
                     .map_err(&failed)?;
-                let state = ctx.state.clone();
-                off_runtime(move || super::join::control_plane::undo(&state))
-                    .await
-                    .map_err(failed)?;
+                if ctx.external {
+                    undo_external_join(ctx, &voters).await.map_err(failed)?;
+                } else {
+                    let state = ctx.state.clone();
+                    off_runtime(move || super::join::control_plane::undo(&state))
+                        .await
+                        .map_err(failed)?;
+                }
                 format!(
                     "undid an unfinished control-plane join: this node is its previous single-node cluster again.{}",
                     note.unwrap_or_default()
@@ -150,9 +175,12 @@ pub async fn settle(ctx: &Settle<'_>) -> Result<Option<String>, SettleError> {
         Change::LeaveControlPlane {
             step,
             failure_domain,
+            member_address,
         } => {
             let removed = match &step {
-                LeaveStep::Removing { id, .. } => ask(ctx.state, &[], *id).await.map(|l| !l),
+                LeaveStep::Removing { id, .. } => ask(ctx.state, &[])
+                    .await
+                    .map(|nodes| !nodes.iter().any(|n| n.id == *id)),
                 LeaveStep::Resetting => Some(true),
             };
             if removed == Some(true) {
@@ -160,18 +188,37 @@ pub async fn settle(ctx: &Settle<'_>) -> Result<Option<String>, SettleError> {
                     let resetting = Change::LeaveControlPlane {
                         step: LeaveStep::Resetting,
                         failure_domain,
+                        member_address: member_address.clone(),
                     };
                     record_change(&journal, &record, resetting)
                         .await
                         .map_err(&failed)?;
                 }
                 let (state, bind) = (ctx.state.clone(), ctx.bind);
-                off_runtime(move || {
-                    super::reset::reset_control_plane(&state, bind, failure_domain)
-                })
-                .await
-                .map_err(&failed)?;
-                restart(&ctx.services, &["kubelite"]).await;
+                if ctx.external {
+                    let address = member_address.unwrap_or_else(|| {
+                        super::k8s_dqlite::member_address(&bind.ip().to_string(), None)
+                    });
+                    let services = ctx.services.clone();
+                    off_runtime(move || {
+                        super::reset::reset_external_control_plane(
+                            &state,
+                            services.as_ref(),
+                            bind,
+                            failure_domain,
+                            &address,
+                        )
+                    })
+                    .await
+                    .map_err(&failed)?;
+                } else {
+                    off_runtime(move || {
+                        super::reset::reset_control_plane(&state, bind, failure_domain)
+                    })
+                    .await
+                    .map_err(&failed)?;
+                    restart(&ctx.services, &["kubelite"]).await;
+                }
                 clear(&journal).await.map_err(failed)?;
                 "finished a leave: this node is a fresh single-node cluster".to_string()
             } else {
@@ -273,29 +320,25 @@ async fn restart(services: &Arc<dyn ServiceManager>, names: &[&'static str]) {
     .await;
 }
 
-/// Does the cluster list member `id`? Asked again until it answers or [`ASK_PATIENCE`] runs
-/// out (`None`).
-async fn ask(state: &StateDir, seeds: &[String], id: u64) -> Option<bool> {
+/// The members the cluster of this node's backend lists. Asked again until it answers or
+/// [`ASK_PATIENCE`] runs out (`None`).
+async fn ask(state: &StateDir, seeds: &[String]) -> Option<Vec<NodeInfo>> {
     let until = tokio::time::Instant::now() + ASK_PATIENCE;
     loop {
-        if let Some(listed) = is_listed(state, seeds, id).await {
-            return Some(listed);
+        if let Some(nodes) = members(state, seeds).await {
+            return Some(nodes);
         }
         if tokio::time::Instant::now() >= until {
             return None;
         }
-        tracing::info!(
-            id = format_args!("{id:#x}"),
-            "the cluster does not answer yet; asking again"
-        );
+        tracing::info!("the cluster does not answer yet; asking again");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-/// Does the cluster this node's backend belongs to list member `id`? Asked of `seeds` and
-/// the members `info.yaml` and `cluster.yaml` name, with the backend's cluster certificate;
-/// `None` when no leader answers in time (or the backend cannot say who to ask).
-async fn is_listed(state: &StateDir, seeds: &[String], id: u64) -> Option<bool> {
+/// A client to the cluster this node's backend belongs to: `seeds` and the members
+/// `info.yaml` and `cluster.yaml` name, with the backend's cluster certificate.
+fn backend_client(state: &StateDir, seeds: &[String]) -> Option<Client> {
     let backend = state.layout().backend_dir();
     let tls = ClientTls::load(&backend.join("cluster.crt"), &backend.join("cluster.key")).ok()?;
     let mut all: Vec<String> = seeds.to_vec();
@@ -313,12 +356,44 @@ async fn is_listed(state: &StateDir, seeds: &[String], id: u64) -> Option<bool> 
         call_timeout: ASK_ONCE,
         ..Default::default()
     };
-    let client = Client::new(all, Some(tls), options).ok()?;
-    let nodes = tokio::time::timeout(ASK_ONCE, client.cluster())
+    Client::new(all, Some(tls), options).ok()
+}
+
+/// The members the cluster of this node's backend lists; `None` when no leader answers in
+/// time (or the backend cannot say who to ask).
+async fn members(state: &StateDir, seeds: &[String]) -> Option<Vec<NodeInfo>> {
+    let client = backend_client(state, seeds)?;
+    tokio::time::timeout(ASK_ONCE, client.cluster())
         .await
         .ok()?
-        .ok()?;
-    Some(nodes.iter().any(|n| n.id == id))
+        .ok()
+}
+
+/// Undoes an external control-plane join: k8s-dqlite and the API server stop, the cluster
+/// drops the member k8s-dqlite may have added (while the new backend is still in place to
+/// say which), the old backend and files come back, both start again.
+async fn undo_external_join(ctx: &Settle<'_>, voters: &[String]) -> Result<(), String> {
+    let services = ctx.services.clone();
+    off_runtime(move || super::k8s_dqlite::stop(services.as_ref())).await?;
+    let backend = ctx.state.layout().backend_dir();
+    let replaced = crate::state::exists(&super::join::control_plane::backup_dir(&backend));
+    if let (true, Ok(Some((_, address)))) = (replaced, crate::dqlite::files::read_info(&backend)) {
+        if let Some(client) = backend_client(ctx.state, voters) {
+            let removed = tokio::time::timeout(
+                ASK_PATIENCE,
+                super::k8s_dqlite::remove_if_listed(&client, &address),
+            )
+            .await
+            .unwrap_or_else(|_| Err("no answer".into()));
+            if let Err(e) = removed {
+                tracing::warn!(error = %e, address, "could not make sure the cluster dropped the half-joined member; if it lists it, remove it there with 'remove-node --force'");
+            }
+        }
+    }
+    let state = ctx.state.clone();
+    off_runtime(move || super::join::control_plane::undo(&state)).await?;
+    let services = ctx.services.clone();
+    off_runtime(move || super::k8s_dqlite::start(services.as_ref())).await
 }
 
 #[cfg(test)]
@@ -359,6 +434,7 @@ mod tests {
             state,
             bind: "127.0.0.1:25000".parse().unwrap(),
             services: Arc::new(services.clone()),
+            external: false,
         })
         .await
         .unwrap();

@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod dqlite_shell;
+pub mod k8s_dqlite;
 pub mod netns;
 
 use std::collections::BTreeMap;
@@ -60,6 +61,8 @@ pub struct Node {
     pub log: PathBuf,
     /// Extra environment for the daemon process (e.g. a PATH with stand-in tools).
     pub env: Vec<(String, String)>,
+    /// The extra flags it was started with; [`Node::restart`] starts it with them again.
+    pub flags: Vec<String>,
 }
 
 impl Node {
@@ -89,7 +92,12 @@ impl Node {
         Self::launch(ip, dir, extra, &[])
     }
 
-    fn launch(ip: Ipv4Addr, dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Node {
+    pub fn launch(
+        ip: Ipv4Addr,
+        dir: tempfile::TempDir,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
         let state = dir.path().to_path_buf();
         let mut node = Node {
             ip,
@@ -102,8 +110,9 @@ impl Node {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            flags: extra.iter().map(|s| s.to_string()).collect(),
         };
-        node.spawn(extra);
+        node.spawn(&[]);
         node
     }
 
@@ -111,6 +120,7 @@ impl Node {
         format!("{}:{}", self.ip, self.port)
     }
 
+    /// Starts the daemon with the node's flags and `extra`.
     pub fn spawn(&mut self, extra: &[&str]) {
         self.log = self.state.join("daemon.log");
         // Appended: a restarted daemon's log follows the one before it.
@@ -126,6 +136,7 @@ impl Node {
             "--bind".into(),
             self.bind(),
         ];
+        args.extend(self.flags.iter().cloned());
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = agent(&args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -174,8 +185,8 @@ impl Node {
         (status, start.elapsed())
     }
 
-    /// Starts the daemon again on the same address and state directory (after `terminate` or
-    /// `kill`) and waits for /health.
+    /// Starts the daemon again on the same address, state directory and flags (after
+    /// `terminate` or `kill`) and waits for /health.
     pub fn restart(&mut self) {
         self.spawn(&[]);
         self.wait_healthy();

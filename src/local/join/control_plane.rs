@@ -33,6 +33,7 @@ use crate::dqlite::{Client, Role};
 use crate::format::wire::JoinResponseV2;
 use crate::state::{mode, StateDir};
 use crate::sys::blocking::{blocking, TaskFailed};
+use crate::sys::services::ServiceAction;
 
 /// How long the new member may take to show up in the cluster's configuration.
 const MEMBER_WAIT: Duration = Duration::from_secs(30);
@@ -68,7 +69,7 @@ pub fn backup_dir(backend: &Path) -> PathBuf {
 
 /// Why the install did not get to its end.
 #[derive(Debug)]
-enum StepFailed {
+pub(super) enum StepFailed {
     /// A step failed; the text says which and why.
     Failed(String),
     /// The daemon is stopping: the install ended at a checkpoint, the journal has the rest.
@@ -87,7 +88,7 @@ impl From<Stopping> for StepFailed {
     }
 }
 
-fn fail(e: impl std::fmt::Display) -> StepFailed {
+pub(super) fn fail(e: impl std::fmt::Display) -> StepFailed {
     StepFailed::Failed(e.to_string())
 }
 
@@ -102,36 +103,10 @@ pub async fn join(
     let membership = node
         .membership()
         .cloned()
-        .ok_or(JoinError::NeedsEmbeddedMember)?;
-    let (Some(ca_key), false, false) = (
-        answer.ca_key.clone(),
-        answer.cluster_cert.is_empty(),
-        answer.voters.is_empty(),
-    ) else {
-        return Err(JoinError::NotAControlPlaneCluster);
-    };
-    let journal = Journal::new(node.state());
-    let mut progress = Progress {
-        node,
-        ticket,
-        journal: journal.clone(),
-        voters: answer.voters.clone(),
-        contacted: contacted.to_string(),
-        started: node.clock().now_unix(),
-        messages: vec!["Waiting for this node to finish joining the cluster.".to_string()],
-        added: None,
-    };
-    // Before the first write: what may be replaced, and that a join is under way.
-    progress
-        .record(JoinStep::Installing)
-        .await
-        .map_err(|e| match e {
-            StepFailed::Failed(e) => JoinError::NothingChanged(e),
-            StepFailed::Stopping => JoinError::Stopped,
-        })?;
-    node.checkpoint("join-cp-installing")
-        .await
-        .map_err(|_| JoinError::Stopped)?;
+        .ok_or_else(|| JoinError::NoMember("the embedded member is not running".into()))?;
+    let ca_key = cluster_ca_key(&answer)?;
+    let mut progress = Progress::new(node, ticket, &answer, contacted);
+    progress.begin().await?;
 
     let result = install(node, &membership, &answer, &ca_key, &mut progress).await;
     let mut messages = std::mem::take(&mut progress.messages);
@@ -182,6 +157,20 @@ pub async fn join(
     // The cluster lists this member: the join has happened, nothing below undoes it (a
     // failure is a warning, and a crash is finished at the next start).
     let _ = node.checkpoint("join-cp-joined").await;
+    messages.extend(conclude(node, contacted, ServiceAction::Restart).await?);
+    Ok(messages)
+}
+
+/// The end of a control-plane join the cluster took: serve the new :25000 certificate, pin
+/// Calico to the contacted interface, `kubelite_action` (restart, or start where the join
+/// stopped it), clean up. Nothing here fails the join: the lines it returns are warnings
+/// and the closing line.
+pub(super) async fn conclude(
+    node: &Node,
+    contacted: SocketAddr,
+    kubelite_action: ServiceAction,
+) -> Result<Vec<String>, JoinError> {
+    let mut messages = Vec::new();
     if let Err(e) = node.reload_serving_cert().await {
         messages.push(format!(
             "WARNING: could not serve the new :25000 certificate yet ({e}); restart the daemon."
@@ -194,7 +183,12 @@ pub async fn join(
         if let Err(e) = crate::cluster::calico::pin_own_copy(&node2, contacted.ip()) {
             warnings.push(format!("WARNING: failed to update cni configuration: {e}"));
         }
-        warnings.extend(node2.restart_each(&["kubelite"]));
+        if let Err(e) = node2.services().apply(kubelite_action, "kubelite") {
+            warnings.push(format!(
+                "WARNING: could not {} kubelite: {e}",
+                kubelite_action.verb()
+            ));
+        }
         if let Err(e) = finish(node2.state()) {
             warnings.push(format!(
                 "WARNING: could not clean up after the join ({e}); the daemon does it when it starts."
@@ -209,22 +203,68 @@ pub async fn join(
     Ok(messages)
 }
 
-/// What `install` did so far, and where it says what it is doing.
-struct Progress<'a> {
-    node: &'a Node,
-    ticket: &'a Ticket,
+/// The CA key of a control-plane answer, which must also carry the dqlite certificate and
+/// voters.
+pub(super) fn cluster_ca_key(answer: &JoinResponseV2) -> Result<String, JoinError> {
+    match (
+        answer.ca_key.clone(),
+        answer.cluster_cert.is_empty(),
+        answer.voters.is_empty(),
+    ) {
+        (Some(ca_key), false, false) => Ok(ca_key),
+        _ => Err(JoinError::NotAControlPlaneCluster),
+    }
+}
+
+/// What the install did so far, and where it says what it is doing.
+pub(super) struct Progress<'a> {
+    pub node: &'a Node,
+    pub ticket: &'a Ticket,
     journal: Journal,
-    voters: Vec<String>,
+    pub voters: Vec<String>,
     contacted: String,
     started: i64,
-    messages: Vec<String>,
+    pub messages: Vec<String>,
     /// The fresh member may have been ADDed to the cluster (client to it, member id).
     added: Option<(Arc<Client>, u64)>,
 }
 
-impl Progress<'_> {
+impl<'a> Progress<'a> {
+    pub fn new(
+        node: &'a Node,
+        ticket: &'a Ticket,
+        answer: &JoinResponseV2,
+        contacted: SocketAddr,
+    ) -> Progress<'a> {
+        Progress {
+            node,
+            ticket,
+            journal: Journal::new(node.state()),
+            voters: answer.voters.clone(),
+            contacted: contacted.to_string(),
+            started: node.clock().now_unix(),
+            messages: vec!["Waiting for this node to finish joining the cluster.".to_string()],
+            added: None,
+        }
+    }
+
+    /// Before the first write: saves what may be replaced and records that a join is under
+    /// way.
+    pub async fn begin(&mut self) -> Result<(), JoinError> {
+        self.record(JoinStep::Installing)
+            .await
+            .map_err(|e| match e {
+                StepFailed::Failed(e) => JoinError::NothingChanged(e),
+                StepFailed::Stopping => JoinError::Stopped,
+            })?;
+        self.node
+            .checkpoint("join-cp-installing")
+            .await
+            .map_err(|_| JoinError::Stopped)
+    }
+
     /// Records `step` in the journal (and, at the first step, saves the files first).
-    async fn record(&self, step: JoinStep) -> Result<(), StepFailed> {
+    pub async fn record(&self, step: JoinStep) -> Result<(), StepFailed> {
         let first = step == JoinStep::Installing;
         let (journal, state) = (self.journal.clone(), self.node.state().clone());
         let record = Record {
@@ -310,7 +350,7 @@ async fn install(
 /// Moves the old datastore aside and installs the cluster's certificates, keys, this node's
 /// re-issued leaves and kubeconfigs, and the cluster's arguments and callback token.
 /// Blocking.
-fn install_files(
+pub(super) fn install_files(
     state: &StateDir,
     bind: SocketAddr,
     answer: &JoinResponseV2,

@@ -18,10 +18,9 @@ pub enum JoinError {
     /// the only copy of a cluster that lost quorum.
     #[error("Cannot read this node's datastore membership ({0}). Joining would replace its data; if this node's cluster lost quorum, recover it first. Nothing was changed.")]
     MembershipUnreadable(String),
-    #[error(
-        "Joining as a control-plane node needs the embedded dqlite member (--datastore embedded)."
-    )]
-    NeedsEmbeddedMember,
+    /// There is no member to replace: no embedded one, or k8s-dqlite never started one.
+    #[error("This node has no dqlite member to join with: {0}. Nothing was changed.")]
+    NoMember(String),
     #[error("{0} is this node: a node cannot join itself. Run the join command on the node you want to add.")]
     JoiningItself(SocketAddr),
     #[error("The clocks of this node and {peer} differ by {skew_secs}s (more than {max_secs}s). Synchronise them (e.g. with NTP) and retry.")]
@@ -81,7 +80,7 @@ impl Refusal for JoinError {
             JoinError::AlreadyWorker => ErrorKind::JoinAlreadyWorker,
             JoinError::AlreadyClustered => ErrorKind::JoinAlreadyClustered,
             JoinError::MembershipUnreadable(_) => ErrorKind::JoinMembershipUnreadable,
-            JoinError::NeedsEmbeddedMember => ErrorKind::JoinNeedsEmbeddedMember,
+            JoinError::NoMember(_) => ErrorKind::JoinNoMember,
             JoinError::JoiningItself(_) => ErrorKind::JoinItself,
             JoinError::ClockSkew { .. } => ErrorKind::JoinClockSkew,
             JoinError::IdentityNotVerified(_) => ErrorKind::JoinIdentityNotVerified,

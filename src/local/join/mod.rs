@@ -6,6 +6,7 @@
 pub mod adopt;
 pub mod control_plane;
 pub mod error;
+pub mod external;
 pub mod target;
 pub mod worker;
 
@@ -147,6 +148,8 @@ pub async fn join_cluster(
         .map_err(|e| JoinError::UnexpectedAnswer(e.to_string()))?;
     let messages = if req.worker {
         worker::join(node, &granted, &target, &ticket).await?
+    } else if node.settings().external_datastore {
+        external::join(node, granted, target.addr, &ticket).await?
     } else {
         control_plane::join(node, granted, target.addr, &ticket).await?
     };
@@ -157,12 +160,16 @@ pub async fn join_cluster(
 }
 
 /// A control-plane join replaces this node's datastore: refuse before any token is used if
-/// it cannot (no embedded member, a backup of an unfinished join in the way) or should not
-/// (it has other members, or its membership cannot be read: a cluster that lost quorum
-/// must never have its data replaced).
+/// it cannot (no member, a backup of an unfinished join in the way) or should not (it has
+/// other members, or its membership cannot be read: a cluster that lost quorum must never
+/// have its data replaced). Either datastore: the embedded member, or k8s-dqlite's.
 async fn check_can_join_as_control_plane(node: &Node) -> Result<(), JoinError> {
-    let Some(live) = node.membership().and_then(|m| m.live()) else {
-        return Err(JoinError::NeedsEmbeddedMember);
+    let Some(live) = node.own_member() else {
+        return Err(JoinError::NoMember(if node.settings().external_datastore {
+            "k8s-dqlite has not started it yet (no info.yaml in the backend directory); start the snap's services and retry".into()
+        } else {
+            "the embedded member is not running".into()
+        }));
     };
     let backend = node.state().layout().backend_dir();
     let backup = control_plane::backup_dir(&backend);
