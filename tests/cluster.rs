@@ -23,35 +23,10 @@ fn status(node: &Node) -> Option<Value> {
 
 /// The Debian `dqlite` shell's view: `(address, role)` sorted.
 fn shell_cluster(node: &Node) -> Option<Vec<(String, String)>> {
-    let backend = node.state.join("var/kubernetes/backend");
-    let out = std::process::Command::new("timeout")
-        .args(["10", "dqlite", "-s", &dqlite_addr(node)])
-        .args(["-c", backend.join("cluster.crt").to_str().unwrap()])
-        .args(["-k", backend.join("cluster.key").to_str().unwrap()])
-        .args(["-f", "json", "k8s", ".cluster"])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    let mut list: Vec<(String, String)> = v
-        .as_array()?
-        .iter()
-        .map(|m| {
-            let role = match m["Role"].as_u64() {
-                Some(0) => "voter",
-                Some(1) => "standby",
-                _ => "spare",
-            };
-            (
-                m["Address"].as_str().unwrap_or("").to_string(),
-                role.to_string(),
-            )
-        })
-        .collect();
-    list.sort();
-    Some(list)
+    common::dqlite_shell::shell_roles(
+        &node.state.join("var/kubernetes/backend"),
+        &dqlite_addr(node),
+    )
 }
 
 fn wait_live_voters(node: &Node, n: usize, what: &str) -> Value {

@@ -13,7 +13,6 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -25,39 +24,6 @@ enum Outcome {
     Member,
     /// A single-node cluster of its own, as before the join (or after the leave).
     Alone,
-}
-
-/// A CLI command on `node` running in the background.
-fn cli_background(node: &Node, args: &[&str]) -> Child {
-    let mut all = vec!["--state-dir".to_string(), node.state.display().to_string()];
-    all.extend(args.iter().map(|s| s.to_string()));
-    agent(&all)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn wait_output(child: Child) -> std::process::Output {
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || done.send(child.wait_with_output()));
-    finished
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the command finished")
-        .unwrap()
-}
-
-fn wait_held(node: &Node, point: &str) {
-    let file = node.state.join(format!("run/held-at-{point}"));
-    eventually(
-        &format!("the hold at {point}"),
-        Duration::from_secs(60),
-        || file.exists().then_some(()),
-    );
-}
-
-fn release(node: &Node, point: &str) {
-    std::fs::remove_file(node.state.join(format!("run/held-at-{point}"))).unwrap();
 }
 
 /// A daemon whose multi-step changes stop at `point`.

@@ -21,10 +21,8 @@ use std::time::Duration;
 use cluster_agent::dqlite::ffi::{self, BOOTSTRAP_ID};
 use cluster_agent::dqlite::{self, files, EmbeddedMember, MemberConfig, Role};
 use cluster_agent::pki::{self, LeafSpec};
-use common::dqlite_shell::ShellNode;
+use common::dqlite_shell::{shell, shell_cluster, ShellNode, SHELL};
 use common::*;
-
-const SHELL: &str = "/usr/bin/dqlite";
 
 fn tools_present() -> bool {
     if !Path::new(SHELL).exists() {
@@ -40,29 +38,6 @@ fn tools_present() -> bool {
 
 /// Runs the Debian shell against `server` with the cluster certificate in `backend`; the
 /// shell retries forever when it finds no leader, hence the hard timeout.
-fn shell(backend: &Path, server: &str, command: &str, secs: u32) -> Option<String> {
-    let crt = backend.join("cluster.crt");
-    let key = backend.join("cluster.key");
-    let out = Command::new("timeout")
-        .arg(secs.to_string())
-        .arg(SHELL)
-        .args(["-s", server, "-c"])
-        .arg(&crt)
-        .arg("-k")
-        .arg(&key)
-        .args(["-f", "json", "k8s", command])
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn shell_cluster(backend: &Path, server: &str) -> Option<Vec<ShellNode>> {
-    serde_json::from_str(&shell(backend, server, ".cluster", 10)?).ok()
-}
-
 fn backend(state: &Path) -> std::path::PathBuf {
     state.join("var/kubernetes/backend")
 }

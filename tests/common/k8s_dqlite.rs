@@ -153,8 +153,19 @@ impl SnapNode {
     }
 
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> SnapNode {
-        let ip = unique_loopback();
-        let dir = tempfile::tempdir().unwrap();
+        let node = Self::launch_at(unique_loopback(), tempfile::tempdir().unwrap(), extra, env);
+        node.init_member(&node.member_address());
+        node
+    }
+
+    /// The daemon alone, on `ip` with state directory `dir`, healthy; k8s-dqlite has not
+    /// started a member yet (see [`SnapNode::init_member`]).
+    pub fn launch_at(
+        ip: Ipv4Addr,
+        dir: tempfile::TempDir,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> SnapNode {
         let path = install_snapctl(dir.path(), ip);
         let mut flags: Vec<&str> = SNAP_FLAGS.to_vec();
         flags.extend_from_slice(extra);
@@ -164,15 +175,39 @@ impl SnapNode {
             node: Node::launch(ip, dir, &flags, &env),
         };
         node.wait_healthy();
-        let backend = node.backend();
+        node
+    }
+
+    /// What the snap's install hook does: `init.yaml` names the member's `address`, and
+    /// k8s-dqlite starts a single-node cluster there. Returns once it runs.
+    pub fn init_member(&self, address: &str) {
         std::fs::write(
-            backend.join("init.yaml"),
-            format!("Address: {}\nCluster: []\n", node.member_address()),
+            self.backend().join("init.yaml"),
+            format!("Address: {address}\nCluster: []\n"),
         )
         .unwrap();
-        node.snapctl("start");
-        node.wait_member();
-        node
+        self.snapctl("start");
+        self.wait_member();
+    }
+
+    /// The member's `(id, address)` from k8s-dqlite's `info.yaml`.
+    pub fn member_info(&self) -> Option<(u64, String)> {
+        let text = std::fs::read_to_string(self.backend().join("info.yaml")).ok()?;
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(name))
+                .map(|v| v.trim().trim_matches('"').to_string())
+        };
+        Some((field("ID:")?.parse().ok()?, field("Address:")?))
+    }
+
+    /// Restarts the daemon without test hold points (the rest of its environment, its
+    /// `snapctl` PATH, stays).
+    pub fn restart_plain(&mut self) {
+        self.node
+            .env
+            .retain(|(k, _)| k != "CLUSTER_AGENT_TEST_HOLD");
+        self.node.restart();
     }
 
     pub fn backend(&self) -> PathBuf {

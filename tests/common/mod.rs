@@ -335,6 +335,42 @@ pub fn dqlite_addr(node: &Node) -> String {
     format!("{}:19001", node.ip)
 }
 
+/// A CLI command on `node` running in the background.
+pub fn cli_background(node: &Node, args: &[&str]) -> Child {
+    let mut all = vec!["--state-dir".to_string(), node.state.display().to_string()];
+    all.extend(args.iter().map(|s| s.to_string()));
+    agent(&all)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The output of a background command, once it ends (at most a minute).
+pub fn wait_output(child: Child) -> std::process::Output {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the command finished")
+        .unwrap()
+}
+
+/// Waits until `node` (started with `CLUSTER_AGENT_TEST_HOLD=<point>`) holds at `point`.
+pub fn wait_held(node: &Node, point: &str) {
+    let file = node.state.join(format!("run/held-at-{point}"));
+    eventually(
+        &format!("the hold at {point}"),
+        Duration::from_secs(60),
+        || file.exists().then_some(()),
+    );
+}
+
+/// Lets `node` go on from its hold at `point`.
+pub fn release(node: &Node, point: &str) {
+    std::fs::remove_file(node.state.join(format!("run/held-at-{point}"))).unwrap();
+}
+
 /// Control planes of one cluster, formed as operators form one: node 0 bootstraps it and
 /// every other node joins node 0 in turn. The daemons are killed when it is dropped.
 pub struct TestCluster {
