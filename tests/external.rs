@@ -232,3 +232,288 @@ fn a_worker_joins_a_snap_cluster() {
     let log = w.snapctl_log();
     assert!(log.contains("restart microk8s.daemon-k8s-dqlite"), "{log}");
 }
+
+/// Writes a row into `node`'s datastore through the dqlite shell: proof, later, that the
+/// same data is served.
+fn write_marker_row(node: &SnapNode) {
+    for sql in [
+        "CREATE TABLE marker (n INT)",
+        "INSERT INTO marker VALUES (4242)",
+    ] {
+        eventually(sql, Duration::from_secs(20), || {
+            common::dqlite_shell::shell(&node.backend(), &node.member_address(), sql, 10)
+        });
+    }
+}
+
+/// Is the row of [`write_marker_row`] served by `node`'s member?
+fn serves_marker_row(node: &SnapNode) -> bool {
+    common::dqlite_shell::shell(
+        &node.backend(),
+        &node.member_address(),
+        "SELECT n FROM marker",
+        10,
+    )
+    .is_some_and(|out| out.contains("4242"))
+}
+
+/// `node` is its old single-node cluster: the same member (`id`), alone, serving the marker
+/// row, k8s-dqlite running, no journal or backup left.
+fn assert_old_single_node(node: &SnapNode, id: u64) {
+    assert!(
+        !node.state.join("var/cluster-agent/journal.json").exists(),
+        "settled:\n{}",
+        node.log_text()
+    );
+    assert!(!node
+        .state
+        .join("var/kubernetes/backend.join-backup")
+        .exists());
+    assert!(
+        node.member_pid().is_some(),
+        "k8s-dqlite runs:\n{}",
+        node.snapctl_log()
+    );
+    assert_eq!(
+        node.member_info().map(|(i, _)| i),
+        Some(id),
+        "the same member"
+    );
+    let m = wait_members(node, 1);
+    assert_eq!(m[0].0, node.member_address());
+    assert!(serves_marker_row(node), "the old data is served");
+}
+
+/// Kills (-9) the daemon of a snap node joining a snap cluster at hold point `point` (once
+/// `before_kill` returned), then restarts it. Returns the cluster's first node, the joiner
+/// and its member id before.
+fn kill_snap_joiner_at(
+    point: &str,
+    before_kill: impl FnOnce(&SnapNode, &SnapNode),
+) -> (SnapNode, SnapNode, u64) {
+    let a = SnapNode::start();
+    let mut b = SnapNode::start_with_env(&[], &[("CLUSTER_AGENT_TEST_HOLD", point)]);
+    write_marker_row(&b);
+    let (id, _) = b.member_info().unwrap();
+    let url = join_url(&a);
+    let background = cli_background(&b, &["join", &url]);
+    wait_held(&b, point);
+    before_kill(&a, &b);
+    b.kill();
+    let out = wait_output(background);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    b.restart_plain();
+    (a, b, id)
+}
+
+#[test]
+fn a_joiner_killed_after_init_yaml_is_written_is_its_old_single_node_again() {
+    let (a, b, id) = kill_snap_joiner_at("join-cp-installed", |_, _| {});
+    assert_old_single_node(&b, id);
+    assert_eq!(wait_members(&a, 1)[0].0, a.member_address());
+    // And it can join now.
+    join_cli(&a, &b, &[]);
+    wait_members(&a, 2);
+}
+
+#[test]
+fn a_joiner_killed_before_k8s_dqlite_starts_is_its_old_single_node_again() {
+    let (a, b, id) = kill_snap_joiner_at("join-cp-starting", |_, _| {});
+    assert_old_single_node(&b, id);
+    assert_eq!(wait_members(&a, 1).len(), 1);
+}
+
+#[test]
+fn a_joiner_killed_once_k8s_dqlite_started_is_a_member() {
+    // k8s-dqlite runs on without the agent and joins by itself; killed once the cluster
+    // lists it (before that, settling stops k8s-dqlite and undoes the join).
+    let (a, b, id) = kill_snap_joiner_at("join-cp-started", |a, b| {
+        eventually(
+            "the cluster to list the new member",
+            Duration::from_secs(30),
+            || {
+                let m = members(&a.status_json()?);
+                m.iter()
+                    .any(|(addr, _, _)| *addr == b.member_address())
+                    .then_some(())
+            },
+        );
+    });
+    let m = wait_members(&a, 2);
+    assert!(
+        m.iter().any(|(addr, _, _)| *addr == b.member_address()),
+        "{m:?}"
+    );
+    assert!(!b.state.join("var/cluster-agent/journal.json").exists());
+    assert!(!b.state.join("var/kubernetes/backend.join-backup").exists());
+    assert_ne!(b.member_info().map(|(i, _)| i), Some(id), "the new member");
+    assert_eq!(wait_members(&b, 2).len(), 2);
+    assert!(
+        b.snapctl_log()
+            .ends_with("start microk8s.daemon-kubelite\n"),
+        "the API server runs again:\n{}",
+        b.snapctl_log()
+    );
+    // A member: it can leave.
+    let out = cli(&b, &["leave"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_members(&a, 1);
+}
+
+#[test]
+fn a_join_into_an_unreachable_or_refusing_cluster_changes_nothing() {
+    let mut a = SnapNode::start();
+    let b = SnapNode::start();
+    write_marker_row(&b);
+    let (id, _) = b.member_info().unwrap();
+    let before = snapshot(&b.state);
+    // Refusing: a token the cluster does not know.
+    let url = join_url(&a);
+    let (head, token_and_fp) = url.split_once('/').unwrap();
+    let fingerprint = token_and_fp.split_once('/').unwrap().1;
+    let forged = format!("{head}/{}/{fingerprint}", "f".repeat(32));
+    let out = cli(&b, &["join", &forged]);
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
+    // Unreachable: the cluster's agent is down.
+    a.kill();
+    let out = cli(&b, &["join", &url]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("Could not reach the cluster"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(snapshot(&b.state), before, "no file changed");
+    assert!(!b.snapctl_log().contains("stop"), "{}", b.snapctl_log());
+    assert_old_single_node(&b, id);
+}
+
+#[test]
+fn a_member_the_cluster_never_lists_is_rolled_back_to_the_old_datastore() {
+    let a = SnapNode::start();
+    let mut b = SnapNode::start_with_env(&[], &[("CLUSTER_AGENT_TEST_HOLD", "join-cp-installed")]);
+    write_marker_row(&b);
+    let (id, _) = b.member_info().unwrap();
+    let url = join_url(&a);
+    let background = cli_background(&b, &["join", &url]);
+    wait_held(&b, "join-cp-installed");
+    // The cluster's datastore goes silent after it granted the join.
+    a.kill_member();
+    release(&b, "join-cp-installed");
+    let out = wait_output(background);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("was not listed by the cluster within 60s"),
+        "says what failed: {err}"
+    );
+    assert!(err.contains("previous single-node cluster"), "{err}");
+    b.restart_plain();
+    assert_old_single_node(&b, id);
+}
+
+/// Where a snap node stands after a kill and a restart.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// A member of `a`'s cluster.
+    Member,
+    /// A single-node cluster of its own.
+    Alone,
+}
+
+/// Fails the test unless `b` is a member of `a`'s cluster or a node of its own, settled (no
+/// journal, no backup) and with k8s-dqlite running.
+fn snap_outcome(a: &SnapNode, b: &SnapNode) -> Outcome {
+    assert!(
+        !b.state.join("var/cluster-agent/journal.json").exists(),
+        "settled:\n{}",
+        b.log_text()
+    );
+    assert!(!b.state.join("var/kubernetes/backend.join-backup").exists());
+    let own = b.member_address();
+    eventually(
+        "a settled view of the node",
+        Duration::from_secs(60),
+        || {
+            b.member_pid()?;
+            let s = b.status_json()?;
+            let listed: Vec<String> = members(&s).into_iter().map(|(a, _, _)| a).collect();
+            let on_a: Vec<String> = members(&a.status_json()?)
+                .into_iter()
+                .map(|(a, _, _)| a)
+                .collect();
+            match (listed.len(), on_a.contains(&own)) {
+                (1, false) if listed == [own.clone()] => Some(Outcome::Alone),
+                (n, true) if n >= 2 && listed.contains(&own) => Some(Outcome::Member),
+                _ => None,
+            }
+        },
+    )
+}
+
+#[test]
+fn a_snap_joiner_or_leaver_killed_at_random_moments_is_always_one_or_the_other() {
+    let a = SnapNode::start();
+    let mut b = SnapNode::start();
+    let mut seen = Vec::new();
+    // Spread over the join (about 300 ms here) and over the leave that follows a join.
+    for delay_ms in [20, 80, 150, 250, 400, 800] {
+        let url = join_url(&a);
+        let background = cli_background(&b, &["join", &url]);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        b.kill();
+        let _ = wait_output(background);
+        b.restart();
+        let joined = snap_outcome(&a, &b);
+        let left = if joined == Outcome::Member {
+            let background = cli_background(&b, &["leave"]);
+            // The leave is shorter than the join: killed earlier into it.
+            std::thread::sleep(Duration::from_millis(delay_ms / 4));
+            b.kill();
+            let _ = wait_output(background);
+            b.restart();
+            let got = snap_outcome(&a, &b);
+            if got == Outcome::Member {
+                let out = cli(&b, &["leave"]);
+                assert!(out.status.success(), "{}", text(&out.stderr));
+            }
+            Some(got)
+        } else {
+            None
+        };
+        seen.push((delay_ms, joined, left));
+        assert_eq!(snap_outcome(&a, &b), Outcome::Alone);
+    }
+    println!("kill after ms → (join, leave) outcome: {seen:?}");
+}
+
+/// Kills (-9) the daemon of a snap node leaving a snap cluster at hold point `point`, then
+/// restarts it; returns where it stands.
+fn kill_snap_leaver_at(point: &str) -> Outcome {
+    let a = SnapNode::start();
+    let mut b = SnapNode::start_with_env(&[], &[("CLUSTER_AGENT_TEST_HOLD", point)]);
+    join_cli(&a, &b, &[]);
+    wait_members(&a, 2);
+    let background = cli_background(&b, &["leave"]);
+    wait_held(&b, point);
+    b.kill();
+    let _ = wait_output(background);
+    b.restart_plain();
+    let got = snap_outcome(&a, &b);
+    if got == Outcome::Member {
+        let out = cli(&b, &["leave"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    assert_eq!(snap_outcome(&a, &b), Outcome::Alone);
+    got
+}
+
+#[test]
+fn a_leaver_killed_before_the_cluster_removed_it_is_still_a_member() {
+    assert_eq!(kill_snap_leaver_at("leave-removing"), Outcome::Member);
+}
+
+#[test]
+fn a_leaver_killed_while_resetting_is_a_fresh_single_node() {
+    assert_eq!(kill_snap_leaver_at("leave-resetting"), Outcome::Alone);
+}

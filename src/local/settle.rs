@@ -94,15 +94,36 @@ pub async fn settle(ctx: &Settle<'_>) -> Result<Option<String>, SettleError> {
                         JoinStep::Adding { id, .. } => Some(*id),
                         _ => None,
                     };
-                    match ask(ctx.state, &voters).await {
-                        Some(nodes) => listed(&nodes, id, address),
-                        None => {
-                            note = Some(format!(
+                    // k8s-dqlite adds the member by itself: stopped first, the cluster's
+                    // answer cannot change behind the decision. While `init.yaml` is still
+                    // there it never started the new member, so nothing was added.
+                    let frozen = if ctx.external {
+                        let services = ctx.services.clone();
+                        off_runtime(move || {
+                            services
+                                .apply(ServiceAction::Stop, super::k8s_dqlite::SERVICE)
+                                .map_err(|e| format!("stopping k8s-dqlite: {e}"))
+                        })
+                        .await
+                        .map_err(&failed)?;
+                        let init = ctx.state.layout().backend(crate::dqlite::files::INIT_YAML);
+                        Some(crate::state::exists(&init))
+                    } else {
+                        None
+                    };
+                    if frozen == Some(true) {
+                        false
+                    } else {
+                        match ask(ctx.state, &voters).await {
+                            Some(nodes) => listed(&nodes, id, address),
+                            None => {
+                                note = Some(format!(
                                 " The cluster did not say within {}s whether it added this node's member at {address}; if it lists it, remove it there with 'remove-node --force {}'.",
                                 ASK_PATIENCE.as_secs(),
                                 crate::util::addr::host_of(address)
                             ));
-                            false
+                                false
+                            }
                         }
                     }
                 }

@@ -66,6 +66,9 @@ set -u
 state={state}
 echo "$*" >> "$state/snapctl.log"
 [ "${{2:-}}" = microk8s.daemon-k8s-dqlite ] || exit 0
+# One job at a time, as systemd runs a unit's jobs (a killed agent may leave one running).
+exec 9> "$state/snapctl.lock"
+flock 9
 pidfile="$state/k8s-dqlite.pid"
 # Running, not a zombie (nothing may reap the fixture here).
 running() {{ s=$(awk '{{print $3}}' "/proc/$1/stat" 2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; }}
@@ -83,7 +86,7 @@ start() {{
   alive && return 0
   [ -e "$state/var/lock/no-k8s-dqlite" ] && return 0
   SNAP_INSTANCE_NAME={name} setsid {fixture} --storage-dir "$state/var/kubernetes/backend" \
-    --exit-with {watch} >> "$state/k8s-dqlite.log" 2>&1 < /dev/null &
+    --exit-with {watch} >> "$state/k8s-dqlite.log" 2>&1 < /dev/null 9>&- &
   echo $! > "$pidfile"
 }}
 case "$1" in

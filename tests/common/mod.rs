@@ -346,12 +346,12 @@ pub fn cli_background(node: &Node, args: &[&str]) -> Child {
         .unwrap()
 }
 
-/// The output of a background command, once it ends (at most a minute).
+/// The output of a background command, once it ends (at most two minutes).
 pub fn wait_output(child: Child) -> std::process::Output {
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || done.send(child.wait_with_output()));
     finished
-        .recv_timeout(Duration::from_secs(60))
+        .recv_timeout(Duration::from_secs(120))
         .expect("the command finished")
         .unwrap()
 }
