@@ -517,3 +517,71 @@ fn a_leaver_killed_before_the_cluster_removed_it_is_still_a_member() {
 fn a_leaver_killed_while_resetting_is_a_fresh_single_node() {
     assert_eq!(kill_snap_leaver_at("leave-resetting"), Outcome::Alone);
 }
+
+#[test]
+fn a_snap_node_joins_a_cluster_of_embedded_members_and_leaves_it() {
+    let [e1, e2] = TestCluster::start(2).into_nodes();
+    let s = SnapNode::start();
+    join_cli(&e1, &s, &[]);
+    // The embedded leader's roles manager promotes the go-dqlite-hosted member.
+    eventually("three live voters", Duration::from_secs(60), || {
+        (live_voters(&e1.status_json()?) == 3).then_some(())
+    });
+    let mut want = vec![
+        (dqlite_addr(&e1), "voter".to_string()),
+        (dqlite_addr(&e2), "voter".to_string()),
+        (s.member_address(), "voter".to_string()),
+    ];
+    want.sort();
+    assert_eq!(
+        shell_view(&s),
+        Some(want.clone()),
+        "the shell, through k8s-dqlite's member"
+    );
+    let ours: Vec<(String, String)> = wait_members(&s, 3)
+        .into_iter()
+        .map(|(a, r, _)| (a, r))
+        .collect();
+    assert_eq!(ours, want, "status on the snap node");
+    let out = cli(&s, &["leave"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m = wait_members(&e2, 2);
+    assert!(!m.iter().any(|(a, _, _)| *a == s.member_address()), "{m:?}");
+    assert_eq!(wait_members(&s, 1)[0].0, s.member_address());
+}
+
+#[test]
+fn embedded_nodes_join_a_cluster_whose_leader_k8s_dqlite_hosts() {
+    let a = SnapNode::start();
+    let b = Node::start();
+    let c = Node::start();
+    join_cli(&a, &b, &[]);
+    join_cli(&a, &c, &[]);
+    // Roles: go-dqlite's own adjuster on the leader (every 30 s, as k8s-dqlite runs it); the
+    // embedded members' roles managers only act where they lead.
+    eventually("three live voters", Duration::from_secs(90), || {
+        (live_voters(&b.status_json()?) == 3).then_some(())
+    });
+    let mut want = vec![
+        (a.member_address(), "voter".to_string()),
+        (dqlite_addr(&b), "voter".to_string()),
+        (dqlite_addr(&c), "voter".to_string()),
+    ];
+    want.sort();
+    assert_eq!(
+        common::dqlite_shell::shell_roles(
+            &b.state.join("var/kubernetes/backend"),
+            &dqlite_addr(&b)
+        ),
+        Some(want),
+        "the shell, through an embedded member"
+    );
+    // An embedded member leaves the mixed cluster.
+    let out = cli(&c, &["leave"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m = wait_members(&a, 2);
+    assert!(
+        !m.iter().any(|(addr, _, _)| *addr == dqlite_addr(&c)),
+        "{m:?}"
+    );
+}

@@ -215,11 +215,15 @@ pub struct External {
     pub yaml: ClusterYaml,
 }
 
+/// How long the live cluster may take to list its members before `cluster.yaml` answers
+/// instead (k8s-dqlite may be down or restarting).
+const LIVE_MEMBERS_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl Datastore for External {
     fn members(&self) -> BoxFuture<'_, Result<Vec<Member>, DatastoreError>> {
         Box::pin(async move {
-            match self.live.members().await {
-                Ok(m) if !m.is_empty() => Ok(m),
+            match tokio::time::timeout(LIVE_MEMBERS_WAIT, self.live.members()).await {
+                Ok(Ok(m)) if !m.is_empty() => Ok(m),
                 _ => self.yaml.read(),
             }
         })

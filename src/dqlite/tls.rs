@@ -6,6 +6,12 @@
 //!
 //! Both sides are built here so the embedded member host and the client agree by
 //! construction.
+//!
+//! No session resumption either way: every member answers to the same name, so a session
+//! one member issued means nothing to another, and Go clients (Debian's go-dqlite 1.11:
+//! k8s-dqlite, the `dqlite` shell) that offer a session our member issued to a Go member
+//! fail the connection ("bad record MAC") instead of falling back to a full handshake. A
+//! mixed cluster (k8s-dqlite and embedded members) needs full handshakes.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -68,12 +74,13 @@ pub fn client_config(cert_pem: &str, key_pem: &str) -> Result<ClientTls, TlsErro
     let (cert, key) = parse_pair(cert_pem, key_pem)?;
     let server_name = first_dns_san(&cert)?;
     let roots = root_store(&cert)?;
-    let config = ClientConfig::builder_with_provider(provider())
+    let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_root_certificates(roots)
         .with_client_auth_cert(vec![cert], key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(ClientTls {
         config: Arc::new(config),
         server_name,
@@ -88,12 +95,15 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>,
     let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    let config = ServerConfig::builder_with_provider(provider())
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![cert], key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
+    // No session for a client to offer to another member (see the module comment).
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(config))
 }
 
