@@ -585,3 +585,66 @@ fn embedded_nodes_join_a_cluster_whose_leader_k8s_dqlite_hosts() {
         "{m:?}"
     );
 }
+
+#[test]
+fn the_first_join_moves_k8s_dqlite_off_the_loopback_address() {
+    // A fresh snap's k8s-dqlite serves on 127.0.0.1:19001 (the install hook's init.yaml).
+    let a = SnapNode::launch_at(unique_loopback(), tempfile::tempdir().unwrap(), &[], &[]);
+    a.init_member("127.0.0.1:19001");
+    let b = SnapNode::start();
+    join_cli(&a, &b, &[]);
+    // a's member moved to the address the joiner reached it at (update.yaml, k8s-dqlite
+    // restarted through snapctl), and b joined it there.
+    let m = wait_members(&b, 2);
+    let mut want = vec![a.member_address(), b.member_address()];
+    want.sort();
+    assert_eq!(
+        m.iter().map(|(a, _, _)| a.clone()).collect::<Vec<_>>(),
+        want
+    );
+    assert_eq!(
+        a.member_info().map(|(_, addr)| addr),
+        Some(a.member_address())
+    );
+    assert!(!a.backend().join("update.yaml").exists(), "consumed");
+    assert!(
+        a.snapctl_log()
+            .contains("restart microk8s.daemon-k8s-dqlite"),
+        "{}",
+        a.snapctl_log()
+    );
+}
+
+#[test]
+fn the_roles_manager_replaces_a_lost_voter_in_a_snap_cluster() {
+    // Without --manage-roles this fails: nothing promotes a replacement within 30 s.
+    lost_voter_is_replaced(&["--manage-roles"]);
+}
+
+/// Four snap nodes (three voters), go-dqlite's own adjuster slowed down to an hour so only
+/// ours can act in time; a voter that is not the leader dies with its machine; three live
+/// voters again within 30 s.
+fn lost_voter_is_replaced(daemon_flags: &[&str]) {
+    let start = || SnapNode::start_full(daemon_flags, &[], &["--roles-adjustment-frequency", "1h"]);
+    let nodes = [start(), start(), start(), start()];
+    for joiner in &nodes[1..] {
+        join_cli(&nodes[0], joiner, &[]);
+    }
+    let s = eventually("three live voters of four", Duration::from_secs(60), || {
+        let s = nodes[0].status_json()?;
+        (live_voters(&s) == 3 && members(&s).len() == 4).then_some(s)
+    });
+    let leader = leader(&s).unwrap();
+    let victim = nodes
+        .iter()
+        .find(|n| {
+            n.member_address() != leader
+                && members(&s).contains(&(n.member_address(), "voter".to_string(), true))
+        })
+        .unwrap();
+    victim.kill_member();
+    let watcher = nodes.iter().find(|n| n.member_address() == leader).unwrap();
+    eventually("three live voters again", Duration::from_secs(30), || {
+        (live_voters(&watcher.status_json()?) == 3).then_some(())
+    });
+}

@@ -85,8 +85,10 @@ stop() {{
 start() {{
   alive && return 0
   [ -e "$state/var/lock/no-k8s-dqlite" ] && return 0
+  # Extra fixture flags a test wants (the snap keeps k8s-dqlite's in args/k8s-dqlite).
+  extra=$(cat "$state/k8s-dqlite-fixture.args" 2>/dev/null)
   SNAP_INSTANCE_NAME={name} setsid {fixture} --storage-dir "$state/var/kubernetes/backend" \
-    --exit-with {watch} >> "$state/k8s-dqlite.log" 2>&1 < /dev/null 9>&- &
+    --exit-with {watch} $extra >> "$state/k8s-dqlite.log" 2>&1 < /dev/null 9>&- &
   echo $! > "$pidfile"
 }}
 case "$1" in
@@ -156,7 +158,21 @@ impl SnapNode {
     }
 
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> SnapNode {
-        let node = Self::launch_at(unique_loopback(), tempfile::tempdir().unwrap(), extra, env);
+        Self::start_full(extra, env, &[])
+    }
+
+    /// A fresh node whose daemon gets `extra` flags and `env`, and whose k8s-dqlite gets
+    /// `fixture_flags` (e.g. `--roles-adjustment-frequency 1h`).
+    pub fn start_full(extra: &[&str], env: &[(&str, &str)], fixture_flags: &[&str]) -> SnapNode {
+        let dir = tempfile::tempdir().unwrap();
+        if !fixture_flags.is_empty() {
+            std::fs::write(
+                dir.path().join("k8s-dqlite-fixture.args"),
+                fixture_flags.join(" "),
+            )
+            .unwrap();
+        }
+        let node = Self::launch_at(unique_loopback(), dir, extra, env);
         node.init_member(&node.member_address());
         node
     }
