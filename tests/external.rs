@@ -231,6 +231,14 @@ fn a_worker_joins_a_snap_cluster() {
     assert_eq!(wait_members(&a, 1)[0].0, a.member_address());
     let log = w.snapctl_log();
     assert!(log.contains("restart microk8s.daemon-k8s-dqlite"), "{log}");
+    // Leaving, the worker is a standalone node again: k8s-dqlite serves its own member.
+    let out = cli(&w, &["leave"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!w.state.join("var/lock/no-k8s-dqlite").exists());
+    eventually("k8s-dqlite runs again", Duration::from_secs(20), || {
+        w.member_pid().map(|_| ())
+    });
+    assert_eq!(wait_members(&w, 1)[0].0, w.member_address());
 }
 
 /// Writes a row into `node`'s datastore through the dqlite shell: proof, later, that the
