@@ -369,6 +369,18 @@ fn a_joiner_killed_once_k8s_dqlite_started_is_a_member() {
 }
 
 #[test]
+fn a_joiner_killed_after_the_cluster_listed_it_is_a_member() {
+    let (a, b, _) = kill_snap_joiner_at("join-cp-joined", |_, _| {});
+    assert_eq!(snap_outcome(&a, &b), Outcome::Member);
+    assert!(
+        b.snapctl_log()
+            .ends_with("start microk8s.daemon-kubelite\n"),
+        "{}",
+        b.snapctl_log()
+    );
+}
+
+#[test]
 fn a_join_into_an_unreachable_or_refusing_cluster_changes_nothing() {
     let mut a = SnapNode::start();
     let b = SnapNode::start();

@@ -7,6 +7,11 @@
 //!   it may have, the cluster says: listed, the join is finished; not listed, it is undone;
 //!   no answer within a minute, it is undone and the log names the member to remove there if
 //!   it was added after all.
+//! - With k8s-dqlite's member (`--datastore external`) k8s-dqlite adds the member by itself
+//!   once started with `init.yaml`: settling stops it first (the answer cannot change behind
+//!   the decision); an `init.yaml` it never consumed means nothing was added; an undo drops
+//!   the member if the cluster took it and starts k8s-dqlite and kubelite on the old backend,
+//!   a finish starts them on the new one.
 //! - A worker join is undone from the saved copy while it was writing files, and finished
 //!   once they were all written.
 //! - A leave is finished once the cluster no longer lists the member (the reset is redone
@@ -450,16 +455,71 @@ mod tests {
     }
 
     async fn run(state: &StateDir) -> (Option<String>, RecordingServices) {
+        run_with(state, false).await
+    }
+
+    async fn run_with(state: &StateDir, external: bool) -> (Option<String>, RecordingServices) {
         let services = RecordingServices::default();
         let done = settle(&Settle {
             state,
             bind: "127.0.0.1:25000".parse().unwrap(),
             services: Arc::new(services.clone()),
-            external: false,
+            external,
         })
         .await
         .unwrap();
         (done, services)
+    }
+
+    fn calls(services: &RecordingServices) -> Vec<String> {
+        services
+            .calls()
+            .into_iter()
+            .map(|(a, s)| format!("{} {s}", a.verb()))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_external_join_is_undone_around_a_stopped_k8s_dqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = half_joined(dir.path(), JoinStep::Installing);
+        let (done, services) = run_with(&state, true).await;
+        assert!(done.unwrap().starts_with("undid"));
+        assert!(crate::state::exists(&state.layout().backend("old-data")));
+        assert_eq!(
+            calls(&services),
+            [
+                "stop kubelite",
+                "stop k8s-dqlite",
+                "start k8s-dqlite",
+                "start kubelite"
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unconsumed_init_yaml_means_nothing_was_added_so_nothing_is_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = half_joined(
+            dir.path(),
+            JoinStep::Starting {
+                address: "127.0.0.1:1".into(),
+            },
+        );
+        state
+            .write(&state.layout().backend("init.yaml"), b"Address: x\n", 0o600)
+            .unwrap();
+        // Nothing answers at the voters: asking would take a minute.
+        let started = std::time::Instant::now();
+        let (done, services) = run_with(&state, true).await;
+        assert!(
+            started.elapsed() < ASK_PATIENCE / 2,
+            "the cluster was asked"
+        );
+        assert!(done.unwrap().starts_with("undid"));
+        assert!(crate::state::exists(&state.layout().backend("old-data")));
+        assert_eq!(calls(&services)[0], "stop k8s-dqlite", "frozen first");
+        assert_eq!(calls(&services).last().unwrap(), "start kubelite");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
