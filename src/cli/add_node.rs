@@ -124,7 +124,7 @@ pub fn run(args: AddNodeArgs, state_dir: Option<PathBuf>, env: Environment) -> a
         crate::cluster::tokens::check_new_token(t)
             .map_err(|e| Failed::from_refusal(&AddNodeError::from(e)))?;
     }
-    let state = StateDir::new(resolve_state_dir(state_dir.as_deref(), &env));
+    let state = StateDir::for_node(resolve_state_dir(state_dir.as_deref(), &env), &env);
     if state.has_marker("clustered.lock") {
         return Err(Failed::from_refusal(&AddNodeError::OnWorker).into());
     }

@@ -121,7 +121,7 @@ pub struct Daemon {
 impl Daemon {
     /// Validates, locks, bootstraps and binds. Fails with a message naming the culprit.
     pub async fn start(config: DaemonConfig, host: HostIdentity) -> Result<Daemon, DaemonError> {
-        let state = StateDir::new(&config.state_dir);
+        let state = StateDir::for_node(&config.state_dir, &config.env);
         state.ensure_layout()?;
         let lock = state.lock()?;
         let services =

@@ -4,7 +4,9 @@
 
 pub mod args;
 pub mod connection;
+pub mod csr_conf;
 pub mod decode;
 pub mod kubeconfig;
+pub mod launch;
 pub mod traefik;
 pub mod wire;

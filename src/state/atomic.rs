@@ -11,7 +11,18 @@ use super::StateError;
 /// Replaces `path` with `data` atomically. The file has `mode` from the moment it exists (the
 /// temp file is created with it), so a secret is never briefly world-readable.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StateError> {
-    write_atomic_with(path, data, mode, |from, to| fs::rename(from, to))
+    write_atomic_with(path, data, mode, None, |from, to| fs::rename(from, to))
+}
+
+/// [`write_atomic`] for a file shared with a group: the temp file is created private to its
+/// owner, handed to `gid`, and only then given `mode`, so no other group ever sees it.
+pub fn write_atomic_owned(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    gid: Option<u32>,
+) -> Result<(), StateError> {
+    write_atomic_with(path, data, mode, gid, |from, to| fs::rename(from, to))
 }
 
 /// [`write_atomic`] with the final rename injected, so tests can make it fail.
@@ -19,6 +30,7 @@ pub(crate) fn write_atomic_with(
     path: &Path,
     data: &[u8],
     mode: u32,
+    gid: Option<u32>,
     rename: impl FnOnce(&Path, &Path) -> io::Result<()>,
 ) -> Result<(), StateError> {
     let fail = |source: io::Error| StateError::Write {
@@ -27,13 +39,17 @@ pub(crate) fn write_atomic_with(
     };
     let tmp = temp_path(path).map_err(fail)?;
     let result = (|| {
+        let first_mode = if gid.is_some() { mode & 0o700 } else { mode };
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(mode)
+            .mode(first_mode)
             .open(&tmp)?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::fchown(&file, None, Some(gid))?;
+        }
         // The umask may have cleared bits we asked for; the mode is part of the contract.
-        fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         file.write_all(data)?;
         file.sync_all()?;
         drop(file);
@@ -98,7 +114,7 @@ mod tests {
     fn temp_file_has_final_mode_before_rename() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token.txt");
-        write_atomic_with(&path, b"x", 0o600, |from, to| {
+        write_atomic_with(&path, b"x", 0o600, None, |from, to| {
             let mode = fs::metadata(from)?.permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "temp file must be private from creation");
             fs::rename(from, to)
@@ -111,7 +127,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("args");
         write_atomic(&path, b"old\n", 0o660).unwrap();
-        let err = write_atomic_with(&path, b"new\n", 0o660, |_, _| {
+        let err = write_atomic_with(&path, b"new\n", 0o660, None, |_, _| {
             Err(io::Error::other("simulated crash before rename"))
         })
         .unwrap_err();
@@ -137,6 +153,29 @@ mod tests {
         assert!(
             err.to_string().contains("/nonexistent-dir-xyz/file"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn shared_file_gets_group_and_mode_before_rename() {
+        use std::os::unix::fs::MetadataExt;
+        // Root may hand a file to any gid, listed in /etc/group or not.
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster-tokens.txt");
+        write_atomic_with(&path, b"t\n", 0o660, Some(4242), |from, to| {
+            let meta = fs::metadata(from)?;
+            assert_eq!(meta.gid(), 4242, "group set before the file is visible");
+            assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+            fs::rename(from, to)
+        })
+        .unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(
+            (meta.gid(), meta.permissions().mode() & 0o777),
+            (4242, 0o660)
         );
     }
 }

@@ -15,6 +15,7 @@ pub mod atomic;
 pub mod backup;
 pub mod layout;
 pub mod lock;
+pub mod ownership;
 
 use std::fs;
 use std::io;
@@ -25,6 +26,7 @@ pub use atomic::write_atomic;
 use crate::format::args::ArgsFile;
 pub use layout::Layout;
 pub use lock::StateLock;
+pub use ownership::Ownership;
 
 /// File modes used by the agent. Private material is never readable by others.
 pub mod mode {
@@ -141,13 +143,28 @@ fn resolve_state_dir_with(
 #[derive(Debug, Clone)]
 pub struct StateDir {
     layout: Layout,
+    ownership: Ownership,
 }
 
 impl StateDir {
+    /// A state directory whose files keep the agent's private modes (tests, tools).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         StateDir {
             layout: Layout::new(root.into()),
+            ownership: Ownership::private(),
         }
+    }
+
+    /// The node's state directory, its shared files owned as MicroK8s owns them
+    /// ([`ownership`]): what the daemon and the CLI use.
+    pub fn for_node(root: impl Into<PathBuf>, env: &Environment) -> Self {
+        let layout = Layout::new(root.into());
+        let ownership = Ownership::resolve(&layout, env);
+        StateDir { layout, ownership }
+    }
+
+    pub fn ownership(&self) -> Ownership {
+        self.ownership
     }
 
     pub fn root(&self) -> &Path {
@@ -187,11 +204,14 @@ impl StateDir {
         read_optional(path)
     }
 
+    /// Replaces `path` atomically. `mode` is the agent's own choice; a file in a directory
+    /// MicroK8s shares with its group gets that group and mode 0660 instead ([`ownership`]).
     pub fn write(&self, path: &Path, data: &[u8], mode: u32) -> Result<(), StateError> {
         if let Some(parent) = path.parent() {
             create_dir(parent, mode::DIR)?;
         }
-        write_atomic(path, data, mode)
+        let (mode, gid) = self.ownership.for_path(&self.layout, path, mode);
+        atomic::write_atomic_owned(path, data, mode, gid)
     }
 
     /// Writes `data` only if `path` does not exist yet. Returns whether it wrote.
