@@ -10,6 +10,7 @@ pub mod add_node;
 pub mod error;
 pub mod join;
 pub mod k8s_dqlite;
+pub mod launch;
 pub mod leave;
 pub mod remove_node;
 pub mod reset;
