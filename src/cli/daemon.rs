@@ -39,12 +39,12 @@ pub struct DaemonArgs {
     #[arg(long, default_value = "tls12", value_parser = MinTls::parse)]
     pub min_tls_version: MinTls,
 
-    /// Accepted for MicroK8s compatibility; launch configurations are not applied yet.
+    /// Apply the launch configurations dropped in $SNAP_COMMON/etc/launcher/*.yaml.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
           default_value = "true", default_missing_value = "true")]
     pub launch_configurations_enable: bool,
 
-    /// Accepted for MicroK8s compatibility (Go duration syntax).
+    /// How often to look for launch configurations (Go duration syntax, at least 5s).
     #[arg(long, default_value = "5s", value_parser = crate::util::goduration::parse_arg)]
     pub launch_configurations_interval: Duration,
 
@@ -162,6 +162,16 @@ impl DaemonArgs {
                 ..Default::default()
             },
             manage_roles: self.manage_roles,
+            launcher: env
+                .snap_common
+                .as_ref()
+                .filter(|_| self.launch_configurations_enable)
+                .map(|common| {
+                    crate::daemon::launcher::LauncherConfig::new(
+                        common,
+                        self.launch_configurations_interval,
+                    )
+                }),
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod add_node;
 pub mod apiserver_proxy;
 pub mod daemon;
 pub mod exit;
+pub mod init;
 pub mod join;
 pub mod leave;
 pub mod remove_node;
@@ -52,6 +53,9 @@ pub enum Command {
     Leave(leave::LeaveArgs),
     /// Remove a node from the cluster.
     RemoveNode(remove_node::RemoveNodeArgs),
+    /// Apply a MicroK8s launch configuration (what the snap's install hook and
+    /// `snap set microk8s config=…` use; see docs/launch-configuration.md).
+    Init(init::InitArgs),
 }
 
 /// Runs the parsed command line.
@@ -66,6 +70,7 @@ pub fn run(cli: Cli, env: Environment) -> anyhow::Result<()> {
         Command::Join(args) => join::run(args, cli.state_dir, env),
         Command::Leave(args) => leave::run(args, cli.state_dir, env),
         Command::RemoveNode(args) => remove_node::run(args, cli.state_dir, env),
+        Command::Init(args) => init::run(args, cli.state_dir, env),
     }
 }
 

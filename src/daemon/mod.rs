@@ -2,8 +2,12 @@
 //! bootstraps the state directory, then serves HTTPS on `--bind` and the control socket until
 //! SIGTERM/SIGINT.
 //!
+//! Modules: [`launcher`] (the launch-configuration watcher).
+//!
 //! Invariant: nothing is bound before every input (flags, args files, certificate and key) has
 //! been loaded and validated, so a bad config never leaves a half-started daemon behind.
+
+pub mod launcher;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -77,6 +81,8 @@ pub struct DaemonConfig {
     pub roles: RolesConfig,
     /// Run the roles manager even with `--datastore external` (k8s-dqlite runs go-dqlite's).
     pub manage_roles: bool,
+    /// The launch-configuration watcher (`None`: disabled, or no `$SNAP_COMMON`).
+    pub launcher: Option<launcher::LauncherConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -327,6 +333,10 @@ impl Daemon {
             }
             _ => None,
         };
+        let launcher_task = config
+            .launcher
+            .clone()
+            .map(|launch| tokio::spawn(launcher::run(app.node.clone(), launch, stop_rx.clone())));
         let operations = app.node.operations().clone();
         let router = api::router(app, config.request_timeout);
         let mut https_stop = stop_rx;
@@ -350,6 +360,11 @@ impl Daemon {
         if let Some(task) = roles_task {
             task.abort();
             let _ = task.await;
+        }
+        // An apply in progress finishes its current file on the blocking pool; the rename
+        // comes at the next start (applying again changes nothing).
+        if let Some(task) = launcher_task {
+            task.abort();
         }
         // The control socket's requests are not waited for: an operation runs detached and
         // its CLI says how to find out how it ended.

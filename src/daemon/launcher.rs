@@ -1,0 +1,139 @@
+//! The launch-configuration watcher: every `$SNAP_COMMON/etc/launcher/*.yaml` (what
+//! `snap set microk8s config=…` and operators drop there) is applied in name order and
+//! renamed `*.applied`. A file that fails is logged once and left in place; it is tried again
+//! only once its content changes, and it never holds the others up.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cluster::node::Node;
+use crate::control::wire::JoinClusterRequest;
+use crate::local::launch::{self, LaunchEffects, SELF_SERVICE};
+
+/// The shortest interval between two scans (the Go agent's minimum).
+pub const MIN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Where and how often to look.
+#[derive(Debug, Clone)]
+pub struct LauncherConfig {
+    pub dir: PathBuf,
+    pub interval: Duration,
+}
+
+impl LauncherConfig {
+    /// `$SNAP_COMMON/etc/launcher`, scanned every `interval` (at least [`MIN_INTERVAL`]).
+    pub fn new(snap_common: &Path, interval: Duration) -> Self {
+        LauncherConfig {
+            dir: snap_common.join("etc/launcher"),
+            interval: interval.max(MIN_INTERVAL),
+        }
+    }
+}
+
+/// Scans at start and then every interval until `stop` turns true.
+pub async fn run(node: Node, config: LauncherConfig, mut stop: tokio::sync::watch::Receiver<bool>) {
+    tracing::info!(dir = %config.dir.display(), interval = ?config.interval, "watching for launch configurations");
+    let mut failed = BTreeSet::new();
+    let mut ticks = tokio::time::interval(config.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        scan(&node, &config.dir, &mut failed).await;
+    }
+}
+
+/// One pass over the directory. `failed` holds `(name, content hash)` of files that failed,
+/// so each failure is logged once.
+async fn scan(node: &Node, dir: &Path, failed: &mut BTreeSet<(String, String)>) {
+    let names = match crate::state::list_dir(dir) {
+        Ok(Some(names)) => names,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list launch configurations");
+            return;
+        }
+    };
+    for name in names.into_iter().filter(|n| n.ends_with(".yaml")) {
+        let path = dir.join(&name);
+        let Ok(bytes) = crate::state::read_bytes(&path) else {
+            continue;
+        };
+        let key = (name.clone(), crate::util::hex::sha256_hex(&bytes));
+        if failed.contains(&key) {
+            continue;
+        }
+        match apply_file(node, &path, bytes).await {
+            Ok(restart_self) => {
+                failed.retain(|(n, _)| *n != name);
+                let applied = dir.join(format!("{name}.applied"));
+                if let Err(e) = crate::state::rename(&path, &applied) {
+                    tracing::warn!(file = %path.display(), error = %e, "applied, but cannot rename it");
+                }
+                tracing::info!(file = %path.display(), "launch configuration applied");
+                if restart_self {
+                    // Last: it ends this process; the file is renamed already.
+                    tracing::info!("restarting cluster-agent for its changed arguments");
+                    if let Err(e) = node.services().restart(SELF_SERVICE) {
+                        tracing::warn!(error = %e, "cannot restart cluster-agent");
+                    }
+                }
+            }
+            Err(reason) => {
+                tracing::error!(file = %path.display(), error = %reason, "launch configuration not applied; fix the file to have it tried again");
+                failed.insert(key);
+            }
+        }
+    }
+}
+
+async fn apply_file(node: &Node, path: &Path, bytes: Vec<u8>) -> Result<bool, String> {
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
+    let node = node.clone();
+    let handle = tokio::runtime::Handle::current();
+    let applying = tokio::task::spawn_blocking(move || {
+        let effects = DaemonEffects {
+            node: node.clone(),
+            handle,
+        };
+        launch::apply_text(node.state(), &node.settings().env, &text, false, &effects)
+            .map(|applied| applied.restart_self)
+            .map_err(|e| e.to_string())
+    });
+    applying.await.map_err(|e| e.to_string())?
+}
+
+/// The daemon's own hands: its runner and service manager, and its join.
+struct DaemonEffects {
+    node: Node,
+    handle: tokio::runtime::Handle,
+}
+
+impl LaunchEffects for DaemonEffects {
+    fn run(&self, argv: &[String]) -> Result<(), String> {
+        self.node.runner().run(argv).map_err(|e| e.to_string())
+    }
+
+    fn restart(&self, service: &str) -> Result<(), String> {
+        self.node
+            .services()
+            .restart(service)
+            .map_err(|e| e.to_string())
+    }
+
+    fn join(&self, url: &str, worker: bool) -> Result<Vec<String>, String> {
+        let req = JoinClusterRequest {
+            connection: url.to_string(),
+            worker,
+            skip_verify: false,
+        };
+        self.handle
+            .block_on(crate::local::join::join_cluster(&self.node, req))
+            .map(|resp| resp.messages)
+            .map_err(|e| e.to_string())
+    }
+}
