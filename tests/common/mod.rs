@@ -63,6 +63,9 @@ pub struct Node {
     pub env: Vec<(String, String)>,
     /// The extra flags it was started with; [`Node::restart`] starts it with them again.
     pub flags: Vec<String>,
+    /// A program (and its arguments) the daemon is started through, which ends by exec'ing
+    /// the agent's argv it is given (e.g. entering a mount namespace); empty: none.
+    pub wrapper: Vec<String>,
 }
 
 impl Node {
@@ -98,6 +101,17 @@ impl Node {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Node {
+        Self::launch_through(&[], ip, dir, extra, env)
+    }
+
+    /// [`Node::launch`] with the daemon started through `wrapper` (see [`Node::wrapper`]).
+    pub fn launch_through(
+        wrapper: &[&str],
+        ip: Ipv4Addr,
+        dir: tempfile::TempDir,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
         let state = dir.path().to_path_buf();
         let mut node = Node {
             ip,
@@ -111,6 +125,7 @@ impl Node {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             flags: extra.iter().map(|s| s.to_string()).collect(),
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
         };
         node.spawn(&[]);
         node
@@ -138,7 +153,19 @@ impl Node {
         ];
         args.extend(self.flags.iter().cloned());
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = agent(&args)
+        let mut command = agent(&args);
+        if let Some((program, wrapper_args)) = self.wrapper.split_first() {
+            let mut wrapped = Command::new(program);
+            wrapped
+                .args(wrapper_args)
+                .arg(BIN)
+                .args(&args)
+                .env_remove("SNAP_DATA")
+                .env_remove("SNAP")
+                .stdin(Stdio::null());
+            command = wrapped;
+        }
+        let child = command
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
