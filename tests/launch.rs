@@ -2,6 +2,13 @@
 //! daemon's watcher, persistent tokens, and the snap group's ownership of shared files.
 //! The snap's own commands (`$SNAP/microk8s-*.wrapper`, `snapctl`) are stand-ins that log
 //! their argv, so each test sees exactly what the agent asked of the snap.
+// Tests set up their fixtures and tools directly; the layer rules are for src/.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    clippy::disallowed_types
+)]
 
 mod common;
 
