@@ -4,8 +4,8 @@
 //!
 //! Parsing and validation are one step: a [`LaunchConfig`] exists only when every part is
 //! well-formed, so nothing is written for a file with one bad field anywhere. Differences
-//! from the Go agent, each a bad input it let through: a part with fields but no `version`,
-//! a file name with `/` or `..` in `extraConfigFiles` (its check is inverted), flags or values
+//! from the Go agent, each a bad input it let through: a file name with `/` or `..` in
+//! `extraConfigFiles` (its check is inverted), flags or values
 //! with line breaks, flags not starting with `-`, environment names that are not names,
 //! registry names that are not `host[:port]`, SANs that are not names or addresses, and
 //! persistent tokens shorter than `add-node --token` accepts.
