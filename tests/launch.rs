@@ -709,3 +709,46 @@ fn shared_files_belong_to_the_snap_group_from_creation() {
     let c = Node::start();
     assert_eq!(gid_and_mode(&c.state.join("certs/ca.key")), (0, 0o600));
 }
+
+#[test]
+fn the_watcher_tries_a_failed_apply_again_and_logs_it_once() {
+    let snap = FakeSnap::new();
+    // The first `enable` fails (the addon's images are not pulled yet, say); later ones work.
+    let enable = snap.snap.join("microk8s-enable.wrapper");
+    let marker = snap.snap.join("failed-once");
+    std::fs::write(
+        &enable,
+        format!(
+            "#!/bin/sh\necho \"enable $*\" >> '{log}'\nif [ ! -e '{m}' ]; then touch '{m}'; echo 'not yet' >&2; exit 1; fi\n",
+            log = snap.log.display(),
+            m = marker.display()
+        ),
+    )
+    .unwrap();
+    let launcher = snap.common.join("etc/launcher");
+    std::fs::write(
+        launcher.join("addons.yaml"),
+        "version: 0.1.0\naddons:\n  - name: dns\nextraKubeletArgs:\n  --v: \"2\"\n",
+    )
+    .unwrap();
+    let common = snap.common.display().to_string();
+    let snap_dir = snap.snap.display().to_string();
+    let node = Node::start_with_env(
+        &[],
+        &[
+            ("SNAP_COMMON", common.as_str()),
+            ("SNAP", snap_dir.as_str()),
+        ],
+    );
+    eventually("the retried apply", Duration::from_secs(60), || {
+        launcher.join("addons.yaml.applied").exists().then_some(())
+    });
+    assert_eq!(snap.calls(), ["enable dns", "enable dns"]);
+    assert!(read(&node.state, "args/kubelet").contains("--v=2\n"));
+    let log = node.log_text();
+    assert_eq!(
+        log.matches("launch configuration not applied").count(),
+        1,
+        "{log}"
+    );
+}
