@@ -668,3 +668,76 @@ fn lost_voter_is_replaced(daemon_flags: &[&str]) {
         (live_voters(&watcher.status_json()?) == 3).then_some(())
     });
 }
+
+/// A launch configuration applied inside the snap: `init` writes k8s-dqlite's environment,
+/// joins through the daemon (k8s-dqlite stopped and started around the join), then restarts
+/// k8s-dqlite once for its changed file; the member comes back in the cluster.
+#[test]
+fn a_launch_configuration_joins_a_snap_node_and_restarts_k8s_dqlite() {
+    let a = SnapNode::start();
+    let b = SnapNode::start();
+    let url = join_url(&a);
+    let config = b.state.join("launch.yaml");
+    std::fs::write(
+        &config,
+        format!("version: 0.2.0\nextraDqliteEnv:\n  LIBDQLITE_TRACE: \"0\"\njoin:\n  url: {url}\n"),
+    )
+    .unwrap();
+    let path = b
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let state = b.state.display().to_string();
+    let out = run_cli(
+        &[
+            "--state-dir",
+            &state,
+            "init",
+            "-c",
+            config.to_str().unwrap(),
+            "--service-manager",
+            "snap",
+        ],
+        &[("PATH", path.as_str())],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        b.log_text()
+    );
+    assert!(
+        text(&out.stdout).contains("restarted: k8s-dqlite"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.state.join("args/k8s-dqlite-env")).unwrap(),
+        "LIBDQLITE_TRACE=0\n"
+    );
+    let log = b.snapctl_log();
+    let lines: Vec<&str> = log.lines().collect();
+    let started = lines
+        .iter()
+        .rposition(|l| *l == "start microk8s.daemon-k8s-dqlite")
+        .unwrap();
+    let restarted = lines
+        .iter()
+        .rposition(|l| *l == "restart microk8s.daemon-k8s-dqlite")
+        .unwrap();
+    assert!(
+        started < restarted,
+        "the restart comes after the join: {log}"
+    );
+    let members = wait_members(&a, 2);
+    assert!(
+        members
+            .iter()
+            .any(|(addr, _, _)| *addr == b.member_address()),
+        "{members:?}"
+    );
+    wait_members(&b, 2);
+}
