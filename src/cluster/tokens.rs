@@ -11,9 +11,18 @@
 //! starts with the token); expired lines are pruned whenever a file is rewritten; every write
 //! is atomic with mode 0600.
 //!
-//! Invariant: all reads-modify-writes go through one [`TokenStore`] whose mutex serialises
-//! them, so "validate then consume" of a single-use token succeeds exactly once.
+//! Beside them, `cluster-agent-tokens.json` (ours) holds what MicroK8s's formats have no room
+//! for, keyed by [`token_id`] (never the secret): the role a join token admits, when it was
+//! made, its description and how often it was used. A token found in MicroK8s's files
+//! without an entry there (made by MicroK8s's own tools) admits any role.
+//!
+//! Invariants: all reads-modify-writes go through one [`TokenStore`] whose mutex serialises
+//! them, so "validate then consume" of a single-use token succeeds exactly once; a token's
+//! entry is written before the token itself, so a crash in between never leaves a scoped
+//! token that admits every role; an unreadable entries file refuses joins rather than
+//! widening them.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +36,11 @@ pub const CERT_REQUEST_TOKENS: &str = "certs-request-tokens.txt";
 pub const CALLBACK_TOKEN: &str = "callback-token.txt";
 pub const CALLBACK_TOKENS: &str = "callback-tokens.txt";
 pub const KNOWN_TOKENS: &str = "known_tokens.csv";
+/// Our entries for the join tokens: role, creation, description, uses.
+pub const TOKEN_ENTRIES: &str = "cluster-agent-tokens.json";
+
+/// Longest description `add-node --description` accepts.
+pub const MAX_DESCRIPTION: usize = 200;
 
 /// Shortest token `add-node --token` accepts (MicroK8s's rule).
 pub const MIN_TOKEN_LEN: usize = 32;
@@ -41,6 +55,125 @@ pub enum TokenError {
     BadCharacters,
     #[error("token store lock poisoned")]
     Poisoned,
+    #[error("no usable token has id {0}; `cluster-agent token list` shows them")]
+    Unknown(String),
+    #[error("invalid description: {0}")]
+    BadDescription(String),
+}
+
+/// Which nodes a join token admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    /// Workers and control planes (MicroK8s's only kind).
+    Any,
+    Worker,
+    ControlPlane,
+}
+
+impl Scope {
+    /// Does a token of this scope admit a join of this kind?
+    pub fn admits(self, worker: bool) -> bool {
+        match self {
+            Scope::Any => true,
+            Scope::Worker => worker,
+            Scope::ControlPlane => !worker,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Any => "any",
+            Scope::Worker => "worker",
+            Scope::ControlPlane => "control-plane",
+        }
+    }
+}
+
+/// How long a new join token lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    SingleUse,
+    /// Reusable for this many seconds.
+    Ttl(i64),
+    /// Never expires, never consumed (`persistent-cluster-tokens.txt`).
+    Persistent,
+}
+
+/// A join token to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewToken {
+    pub lifetime: Lifetime,
+    pub scope: Scope,
+    pub description: String,
+}
+
+/// What kind of token a listed one is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenKind {
+    SingleUse,
+    Ttl,
+    Persistent,
+    /// A worker's right to have its kubelet or proxy certificate signed, made by its join.
+    CertificateRequest,
+}
+
+/// One usable token, as `token list` shows it (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub kind: TokenKind,
+    /// `None`: no entry of ours (made by MicroK8s's tools); admits any role.
+    pub scope: Option<Scope>,
+    pub created: Option<i64>,
+    /// `None`: never.
+    pub expires: Option<i64>,
+    /// Joins granted with it (certificate-request tokens: uses left).
+    pub uses: u64,
+    pub description: String,
+    /// For a certificate-request token, the id of the join token that made it.
+    pub derived_from: Option<String>,
+}
+
+/// Our entry for one join token.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Entry {
+    scope: Scope,
+    created: i64,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    uses: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Entries {
+    #[serde(default)]
+    tokens: BTreeMap<String, Entry>,
+}
+
+/// A description for `add-node --description`: one line of printable text.
+pub fn check_description(text: &str) -> Result<(), TokenError> {
+    if text.chars().count() > MAX_DESCRIPTION {
+        return Err(TokenError::BadDescription(format!(
+            "at most {MAX_DESCRIPTION} characters"
+        )));
+    }
+    if text.chars().any(|c| c.is_control()) {
+        return Err(TokenError::BadDescription(
+            "one line of text, no control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The join token a certificate-request token was derived from (`<join>-kubelet`,
+/// `<join>-proxy`).
+fn base_of_cert_request(token: &str) -> Option<&str> {
+    token
+        .strip_suffix("-kubelet")
+        .or_else(|| token.strip_suffix("-proxy"))
 }
 
 /// How a matching line authorises a token.
@@ -188,6 +321,238 @@ impl TokenStore {
         self.lock.lock().map_err(|_| TokenError::Poisoned)
     }
 
+    fn read_entries(&self) -> Result<Entries, TokenError> {
+        let path = self.path(TOKEN_ENTRIES);
+        match self.state.read_optional(&path)? {
+            None => Ok(Entries::default()),
+            Some(text) => serde_json::from_str(&text).map_err(|e| {
+                TokenError::State(StateError::Malformed {
+                    path,
+                    reason: e.to_string(),
+                })
+            }),
+        }
+    }
+
+    fn write_entries(&self, entries: &Entries) -> Result<(), TokenError> {
+        let text = serde_json::to_string_pretty(entries)
+            .map_err(|e| TokenError::BadDescription(e.to_string()))?;
+        self.write(TOKEN_ENTRIES, &format!("{text}\n"))?;
+        Ok(())
+    }
+
+    /// The role `token` admits (`Any` without an entry of ours).
+    fn scope_locked(&self, token: &str) -> Result<Scope, TokenError> {
+        Ok(self
+            .read_entries()?
+            .tokens
+            .get(&token_id(token))
+            .map_or(Scope::Any, |e| e.scope))
+    }
+
+    /// Would `token` be accepted for a join right now, and for which roles? Consumes nothing.
+    pub fn check_join(&self, token: &str) -> Result<Option<(Grant, Scope)>, TokenError> {
+        let _g = self.guard()?;
+        match self.check_join_locked(token)? {
+            Some(grant) => Ok(Some((grant, self.scope_locked(token)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a join token with its role, lifetime and description (the entry first).
+    pub fn issue(&self, token: &str, new: &NewToken) -> Result<(), TokenError> {
+        check_new_token(token)?;
+        check_description(&new.description)?;
+        let _g = self.guard()?;
+        let now = self.clock.now_unix();
+        let mut entries = self.read_entries()?;
+        entries.tokens.insert(
+            token_id(token),
+            Entry {
+                scope: new.scope,
+                created: now,
+                description: new.description.clone(),
+                uses: 0,
+            },
+        );
+        self.write_entries(&entries)?;
+        match new.lifetime {
+            Lifetime::Persistent => {
+                let mut text = self.read(PERSISTENT_TOKENS)?;
+                if !text.lines().any(|l| secret_eq(l.trim(), token)) {
+                    if !text.is_empty() && !text.ends_with('\n') {
+                        text.push('\n');
+                    }
+                    text.push_str(&format!("{token}\n"));
+                    self.write(PERSISTENT_TOKENS, &text)?;
+                }
+            }
+            lifetime => {
+                let mut text = remove_and_prune(&self.read(CLUSTER_TOKENS)?, None, now);
+                match lifetime {
+                    Lifetime::Ttl(ttl) => {
+                        text.push_str(&format!("{token}|{}\n", now.saturating_add(ttl)))
+                    }
+                    _ => text.push_str(&format!("{token}\n")),
+                }
+                self.write(CLUSTER_TOKENS, &text)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a granted join: a single-use token's entry goes with it, others count a use.
+    fn count_use_locked(&self, token: &str, grant: Grant) -> Result<(), TokenError> {
+        let mut entries = self.read_entries()?;
+        let id = token_id(token);
+        let changed = match grant {
+            Grant::SingleUse => entries.tokens.remove(&id).is_some(),
+            Grant::UntilExpiry(_) | Grant::Persistent => match entries.tokens.get_mut(&id) {
+                Some(entry) => {
+                    entry.uses += 1;
+                    true
+                }
+                None => false,
+            },
+        };
+        if changed {
+            self.write_entries(&entries)?;
+        }
+        Ok(())
+    }
+
+    /// Every usable token, join tokens first; expired ones are pruned from the files (and
+    /// entries whose token is gone from ours).
+    pub fn list(&self) -> Result<Vec<TokenInfo>, TokenError> {
+        let _g = self.guard()?;
+        let now = self.clock.now_unix();
+        let cluster = self.read(CLUSTER_TOKENS)?;
+        let pruned = remove_and_prune(&cluster, None, now);
+        if pruned != cluster {
+            self.write(CLUSTER_TOKENS, &pruned)?;
+        }
+        let mut entries = self.read_entries()?;
+        let mut out: Vec<TokenInfo> = Vec::new();
+        let mut seen: Vec<String> = Vec::new();
+        let mut push =
+            |token: &str, kind: TokenKind, expires: Option<i64>, out: &mut Vec<TokenInfo>| {
+                let id = token_id(token);
+                if seen.contains(&id) {
+                    return;
+                }
+                seen.push(id.clone());
+                let entry = entries.tokens.get(&id);
+                out.push(TokenInfo {
+                    kind,
+                    scope: entry.map(|e| e.scope),
+                    created: entry.map(|e| e.created),
+                    expires,
+                    uses: entry.map_or(0, |e| e.uses),
+                    description: entry.map(|e| e.description.clone()).unwrap_or_default(),
+                    derived_from: None,
+                    id,
+                });
+            };
+        for line in self.read(PERSISTENT_TOKENS)?.lines() {
+            let t = line.trim();
+            if !t.is_empty() {
+                push(t, TokenKind::Persistent, None, &mut out);
+            }
+        }
+        for line in pruned.lines() {
+            let parsed = parse_line(line);
+            match parsed.expiry {
+                None => push(parsed.token, TokenKind::SingleUse, None, &mut out),
+                Some(Ok(expiry)) => push(parsed.token, TokenKind::Ttl, Some(expiry), &mut out),
+                Some(Err(())) => {}
+            }
+        }
+        let join_ids: Vec<String> = out.iter().map(|t| t.id.clone()).collect();
+        let mut requests: Vec<TokenInfo> = Vec::new();
+        for line in self.read(CERT_REQUEST_TOKENS)?.lines() {
+            let t = line.trim();
+            if t.is_empty() {
+                continue;
+            }
+            let id = token_id(t);
+            if let Some(existing) = requests.iter_mut().find(|r| r.id == id) {
+                existing.uses += 1;
+                continue;
+            }
+            requests.push(TokenInfo {
+                id,
+                kind: TokenKind::CertificateRequest,
+                scope: None,
+                created: None,
+                expires: None,
+                uses: 1,
+                description: String::new(),
+                derived_from: base_of_cert_request(t).map(token_id),
+            });
+        }
+        out.extend(requests);
+        let before = entries.tokens.len();
+        entries.tokens.retain(|id, _| join_ids.contains(id));
+        if entries.tokens.len() != before {
+            self.write_entries(&entries)?;
+        }
+        Ok(out)
+    }
+
+    /// Revokes tokens named by id or by the token itself: removed from every file, with the
+    /// certificate-request tokens their joins made. Nothing changes unless every one is
+    /// known. Returns the ids revoked.
+    pub fn revoke(&self, which: &[String]) -> Result<Vec<String>, TokenError> {
+        let known: Vec<TokenInfo> = self.list()?;
+        let mut ids: Vec<String> = Vec::new();
+        for arg in which {
+            let arg = arg.trim();
+            // Tokens are at least 32 characters: 12 hex digits are an id.
+            let is_id = arg.len() == 12 && arg.bytes().all(|b| b.is_ascii_hexdigit());
+            let id = if is_id {
+                arg.to_ascii_lowercase()
+            } else {
+                token_id(arg)
+            };
+            let usable = known
+                .iter()
+                .any(|t| t.id == id || t.derived_from.as_deref() == Some(&id));
+            if !usable {
+                return Err(TokenError::Unknown(id));
+            }
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        let _g = self.guard()?;
+        let gone = |token: &str| {
+            let id = token_id(token);
+            ids.contains(&id)
+                || base_of_cert_request(token).is_some_and(|b| ids.contains(&token_id(b)))
+        };
+        for file in [CLUSTER_TOKENS, PERSISTENT_TOKENS, CERT_REQUEST_TOKENS] {
+            let text = self.read(file)?;
+            let kept: String = text
+                .lines()
+                .filter(|line| {
+                    let t = parse_line(line).token;
+                    !t.is_empty() && !gone(t)
+                })
+                .map(|l| format!("{}\n", l.trim()))
+                .collect();
+            if kept != text {
+                self.write(file, &kept)?;
+            }
+        }
+        let mut entries = self.read_entries()?;
+        let before = entries.tokens.len();
+        entries.tokens.retain(|id, _| !ids.contains(id));
+        if entries.tokens.len() != before {
+            self.write_entries(&entries)?;
+        }
+        Ok(ids)
+    }
+
     /// Would `token` be accepted for a join right now? Consumes nothing.
     pub fn check_join_token(&self, token: &str) -> Result<Option<Grant>, TokenError> {
         let _g = self.guard()?;
@@ -212,34 +577,34 @@ impl TokenStore {
             let text = self.read(CLUSTER_TOKENS)?;
             self.write(CLUSTER_TOKENS, &remove_and_prune(&text, Some(token), now))?;
         }
+        if let Some(grant) = grant {
+            self.count_use_locked(token, grant)?;
+        }
         Ok(grant)
     }
 
     /// `add-node`: stores a join token, single-use without TTL, else reusable until
     /// `now + ttl`. Expired lines are pruned in the same write.
     pub fn add_join_token(&self, token: &str, ttl_seconds: Option<i64>) -> Result<(), TokenError> {
-        check_new_token(token)?;
-        let _g = self.guard()?;
-        let now = self.clock.now_unix();
-        let mut text = remove_and_prune(&self.read(CLUSTER_TOKENS)?, None, now);
-        match ttl_seconds {
-            None => text.push_str(&format!("{token}\n")),
-            Some(ttl) => text.push_str(&format!("{token}|{}\n", now.saturating_add(ttl))),
-        }
-        self.write(CLUSTER_TOKENS, &text)?;
-        Ok(())
+        self.issue(
+            token,
+            &NewToken {
+                lifetime: ttl_seconds.map_or(Lifetime::SingleUse, Lifetime::Ttl),
+                scope: Scope::Any,
+                description: String::new(),
+            },
+        )
     }
 
     pub fn add_persistent_token(&self, token: &str) -> Result<(), TokenError> {
-        check_new_token(token)?;
-        let _g = self.guard()?;
-        let mut text = self.read(PERSISTENT_TOKENS)?;
-        if !text.is_empty() && !text.ends_with('\n') {
-            text.push('\n');
-        }
-        text.push_str(&format!("{token}\n"));
-        self.write(PERSISTENT_TOKENS, &text)?;
-        Ok(())
+        self.issue(
+            token,
+            &NewToken {
+                lifetime: Lifetime::Persistent,
+                scope: Scope::Any,
+                description: String::new(),
+            },
+        )
     }
 
     /// Allows one certificate request with `token`.
@@ -582,5 +947,141 @@ mod tests {
         let id = token_id("secret-token-value");
         assert_eq!(id.len(), 12);
         assert!(!"secret-token-value".contains(&id));
+    }
+
+    fn new_token(lifetime: Lifetime, scope: Scope, description: &str) -> NewToken {
+        NewToken {
+            lifetime,
+            scope,
+            description: description.into(),
+        }
+    }
+
+    #[test]
+    fn scoped_tokens_are_listed_counted_and_pruned() {
+        let (_d, s, clock) = store();
+        let (single, ttl, persistent) = ("s".repeat(32), "t".repeat(32), "p".repeat(32));
+        s.issue(
+            &single,
+            &new_token(Lifetime::SingleUse, Scope::Worker, "rack 4"),
+        )
+        .unwrap();
+        s.issue(&ttl, &new_token(Lifetime::Ttl(60), Scope::ControlPlane, ""))
+            .unwrap();
+        s.issue(
+            &persistent,
+            &new_token(Lifetime::Persistent, Scope::Any, "fleet"),
+        )
+        .unwrap();
+        // Made by MicroK8s's own tools: no entry of ours.
+        let foreign = "m".repeat(32);
+        s.write(
+            CLUSTER_TOKENS,
+            &format!("{}{foreign}\n", s.read(CLUSTER_TOKENS).unwrap()),
+        )
+        .unwrap();
+
+        assert_eq!(
+            s.check_join(&single).unwrap(),
+            Some((Grant::SingleUse, Scope::Worker))
+        );
+        assert_eq!(
+            s.check_join(&foreign).unwrap(),
+            Some((Grant::SingleUse, Scope::Any))
+        );
+        assert!(s.consume_join_token(&persistent).unwrap().is_some());
+        assert!(s.consume_join_token(&persistent).unwrap().is_some());
+        assert!(s.consume_join_token(&ttl).unwrap().is_some());
+
+        let list = s.list().unwrap();
+        let by_id = |t: &str| list.iter().find(|i| i.id == token_id(t)).cloned().unwrap();
+        assert_eq!(list.len(), 4);
+        assert_eq!(by_id(&persistent).kind, TokenKind::Persistent);
+        assert_eq!(by_id(&persistent).uses, 2);
+        assert_eq!(by_id(&persistent).description, "fleet");
+        assert_eq!(by_id(&ttl).kind, TokenKind::Ttl);
+        assert_eq!(by_id(&ttl).expires, Some(1_000_060));
+        assert_eq!(by_id(&ttl).scope, Some(Scope::ControlPlane));
+        assert_eq!(by_id(&single).scope, Some(Scope::Worker));
+        assert_eq!(by_id(&single).created, Some(1_000_000));
+        assert_eq!(by_id(&foreign).scope, None, "unscoped");
+        let json = serde_json::to_string(&list).unwrap();
+        for secret in [&single, &ttl, &persistent, &foreign] {
+            assert!(!json.contains(secret.as_str()));
+        }
+
+        clock.set(1_000_061);
+        let list = s.list().unwrap();
+        assert!(
+            list.iter().all(|t| t.id != token_id(&ttl)),
+            "expired: not listed"
+        );
+        assert!(
+            !s.read(CLUSTER_TOKENS).unwrap().contains(&ttl),
+            "and pruned"
+        );
+        assert!(!s.read(TOKEN_ENTRIES).unwrap().contains(&token_id(&ttl)));
+        // A single-use token's entry goes with its use.
+        assert!(s.consume_join_token(&single).unwrap().is_some());
+        assert!(!s.read(TOKEN_ENTRIES).unwrap().contains(&token_id(&single)));
+    }
+
+    #[test]
+    fn revoke_takes_tokens_and_their_certificate_requests_everywhere() {
+        let (_d, s, _) = store();
+        let (a, b) = ("a".repeat(32), "b".repeat(32));
+        s.issue(&a, &new_token(Lifetime::Persistent, Scope::Worker, ""))
+            .unwrap();
+        s.issue(&b, &new_token(Lifetime::SingleUse, Scope::Any, ""))
+            .unwrap();
+        s.add_cert_request_token(&format!("{a}-kubelet")).unwrap();
+        s.add_cert_request_token(&format!("{a}-proxy")).unwrap();
+        s.add_cert_request_token(&format!("{b}-kubelet")).unwrap();
+
+        let before = s.list().unwrap();
+        let err = s
+            .revoke(&[token_id(&a), "0123456789ab".into()])
+            .unwrap_err();
+        assert!(
+            matches!(err, TokenError::Unknown(ref id) if id == "0123456789ab"),
+            "{err}"
+        );
+        assert_eq!(
+            s.list().unwrap(),
+            before,
+            "nothing revoked when one is unknown"
+        );
+
+        // By id for one, by the token itself for the other.
+        let ids = s.revoke(&[token_id(&a)]).unwrap();
+        assert_eq!(ids, vec![token_id(&a)]);
+        assert!(s.check_join(&a).unwrap().is_none());
+        assert!(!s.check_cert_request_token(&format!("{a}-kubelet")).unwrap());
+        assert!(!s.check_cert_request_token(&format!("{a}-proxy")).unwrap());
+        assert!(s.check_cert_request_token(&format!("{b}-kubelet")).unwrap());
+        s.revoke(std::slice::from_ref(&b)).unwrap();
+        assert!(s.check_join(&b).unwrap().is_none());
+        assert!(!s.check_cert_request_token(&format!("{b}-kubelet")).unwrap());
+        assert!(s.list().unwrap().is_empty());
+        let err = s.revoke(std::slice::from_ref(&b)).unwrap_err().to_string();
+        assert!(!err.contains(&b), "the secret is never echoed: {err}");
+    }
+
+    #[test]
+    fn an_unreadable_entries_file_refuses_rather_than_widens() {
+        let (_d, s, _) = store();
+        let t = "w".repeat(32);
+        s.issue(&t, &new_token(Lifetime::SingleUse, Scope::Worker, ""))
+            .unwrap();
+        s.write(TOKEN_ENTRIES, "{not json").unwrap();
+        assert!(s.check_join(&t).is_err());
+        assert!(s.consume_join_token(&t).is_err() || s.check_join(&t).is_err());
+    }
+
+    #[test]
+    fn descriptions_are_one_short_line() {
+        assert!(check_description("rack 4, row b").is_ok());
+        assert!(check_description("a\nb").is_err());
+        assert!(check_description(&"x".repeat(MAX_DESCRIPTION + 1)).is_err());
     }
 }
