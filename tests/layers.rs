@@ -28,7 +28,7 @@ const LAYERS: &[(&str, u8, &str)] = &[
     (
         "format",
         1,
-        "pure file and wire formats: args files, kubeconfig, join strings, traefik, :25000 wire types",
+        "pure file and wire formats: args files, kubeconfig, join strings, traefik, :25000 wire types, launch configurations",
     ),
     (
         "pki",
@@ -50,7 +50,7 @@ const LAYERS: &[(&str, u8, &str)] = &[
     (
         "cluster",
         7,
-        "node, datastore, tokens, bootstrap, roles policy and driver, calico",
+        "node, datastore, tokens and their audit log, bootstrap, roles policy and driver, calico",
     ),
     (
         "grant",
@@ -60,12 +60,12 @@ const LAYERS: &[(&str, u8, &str)] = &[
     (
         "local",
         8,
-        "what the CLI asks of its node: add-node, status, join, leave, remove-node",
+        "what the CLI asks of its node: add-node, tokens, status, join, leave, remove-node, launch configurations",
     ),
     (
         "api",
         9,
-        ":25000 routes and handlers, HTTP status mapping, guard, audit, rate limit",
+        ":25000 routes and handlers, HTTP status mapping, guard, rate limit",
     ),
     (
         "control",
@@ -73,7 +73,7 @@ const LAYERS: &[(&str, u8, &str)] = &[
         "the control socket: server, client, wire types",
     ),
     ("proxy", 10, "the worker's apiserver-proxy"),
-    ("daemon", 11, "wiring: configuration, start, serve, stop"),
+    ("daemon", 11, "wiring: configuration, start, serve, stop, launch watcher"),
     ("cli", 12, "the command line and the exit-code table"),
 ];
 

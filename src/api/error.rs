@@ -38,7 +38,7 @@ impl ApiError {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
                 GrantError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-                GrantError::Forbidden(_) => StatusCode::FORBIDDEN,
+                GrantError::Forbidden(_) | GrantError::WrongRole(_) => StatusCode::FORBIDDEN,
                 GrantError::NotHa => StatusCode::NOT_IMPLEMENTED,
                 GrantError::PortMismatch(_) => StatusCode::BAD_GATEWAY,
                 GrantError::SameIp(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -57,6 +57,7 @@ impl ApiError {
                 GrantError::BadRequest(_) => "bad_request",
                 GrantError::InvalidToken | GrantError::Unauthorized(_) => "invalid_token",
                 GrantError::Forbidden(_) => "forbidden",
+                GrantError::WrongRole(_) => "wrong_role",
                 GrantError::Internal(_) => "error",
                 _ => "refused",
             },

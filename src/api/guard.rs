@@ -5,8 +5,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::audit::{now_rfc3339, AuditEntry};
 use super::{ApiError, AppState};
+use crate::cluster::audit::{now_rfc3339, AuditEntry};
 use crate::util::addr::canonical_ip;
 
 /// Runs an authenticated operation with the rate limit, the audit log and metrics around it.
@@ -51,16 +51,18 @@ where
     if matches!(result, Err(ApiError::TooManyRequests)) {
         return result;
     }
-    app.audit
+    app.node
+        .audit()
         .record(&AuditEntry {
             time: now_rfc3339(),
-            source: ip,
+            source: ip.to_string(),
             route,
             token_id: token
                 .filter(|t| !t.trim().is_empty())
                 .map(crate::cluster::tokens::token_id),
             result: label,
-            status,
+            status: Some(status),
+            detail: None,
         })
         .await;
     result

@@ -8,7 +8,6 @@
 //!   known path answers 404 with an empty body (405 for `v2.0/dqlite/remove`), as MicroK8s.
 //! - Every request with a token goes through [`guard`]: rate limit, audit entry, metrics.
 
-pub mod audit;
 pub mod error;
 pub mod guard;
 pub mod health;
@@ -29,7 +28,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 
-use audit::AuditLog;
 use ratelimit::RateLimiter;
 
 use crate::cluster::metrics::Metrics;
@@ -56,7 +54,6 @@ pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
 pub struct AppState {
     pub node: Node,
     pub limiter: Arc<RateLimiter>,
-    pub audit: Arc<AuditLog>,
     pub metrics: Arc<Metrics>,
     /// How long a request body may take to arrive ([`BODY_DEADLINE`], or less).
     pub body_deadline: Duration,
@@ -64,11 +61,9 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(node: Node, limiter: RateLimiter, metrics: Arc<Metrics>) -> Self {
-        let audit = AuditLog::new(node.state().layout().audit_log());
         AppState {
             node,
             limiter: Arc::new(limiter),
-            audit: Arc::new(audit),
             metrics,
             body_deadline: BODY_DEADLINE,
         }

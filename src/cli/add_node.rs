@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
+use crate::cluster::tokens::Scope;
 use crate::control::wire::{self, AddNodeRequest, AddNodeResponse};
 use crate::local::add_node::AddNodeError;
 use crate::local::error::Failed;
@@ -21,6 +22,22 @@ pub enum Format {
     Yaml,
 }
 
+/// `--role`: which nodes a token admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    Worker,
+    ControlPlane,
+}
+
+impl From<Role> for Scope {
+    fn from(role: Role) -> Scope {
+        match role {
+            Role::Worker => Scope::Worker,
+            Role::ControlPlane => Scope::ControlPlane,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 #[command(after_help = super::exit::ADD_NODE_HELP)]
 pub struct AddNodeArgs {
@@ -30,6 +47,16 @@ pub struct AddNodeArgs {
     /// Seconds the token stays valid and reusable; -1 (default) = single use, no expiry.
     #[arg(long, short = 'l', default_value_t = -1, allow_negative_numbers = true)]
     pub token_ttl: i64,
+    /// A token that never expires and is never consumed (joins any number of nodes until
+    /// `token revoke`).
+    #[arg(long, conflicts_with = "token_ttl")]
+    pub persistent: bool,
+    /// Admit only this kind of node (default: either).
+    #[arg(long, value_enum)]
+    pub role: Option<Role>,
+    /// Free text shown by `token list` (one line, at most 200 characters).
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Pretty)]
     pub format: Format,
@@ -124,6 +151,10 @@ pub fn run(args: AddNodeArgs, state_dir: Option<PathBuf>, env: Environment) -> a
         crate::cluster::tokens::check_new_token(t)
             .map_err(|e| Failed::from_refusal(&AddNodeError::from(e)))?;
     }
+    if let Some(d) = &args.description {
+        crate::cluster::tokens::check_description(d)
+            .map_err(|e| Failed::from_refusal(&AddNodeError::from(e)))?;
+    }
     let state = StateDir::for_node(resolve_state_dir(state_dir.as_deref(), &env), &env);
     if state.has_marker("clustered.lock") {
         return Err(Failed::from_refusal(&AddNodeError::OnWorker).into());
@@ -132,6 +163,9 @@ pub fn run(args: AddNodeArgs, state_dir: Option<PathBuf>, env: Environment) -> a
     let req = AddNodeRequest {
         token: args.token,
         ttl: (args.token_ttl != -1).then_some(args.token_ttl),
+        persistent: args.persistent,
+        role: args.role.map(Scope::from),
+        description: args.description,
     };
     let resp: AddNodeResponse = super::block_on(client.post(wire::ADD_NODE, &req))??;
     let join_cmd = if env.in_snap() {

@@ -61,6 +61,7 @@ pub fn code(kind: ErrorKind) -> u8 {
         | RemoveNotMember
         | RemoveNeedsForce
         | RemoveAmbiguous
+        | TokenUnknown
         | Busy
         | Unsettled
         | OutcomeUnknown
@@ -89,6 +90,7 @@ pub const DAEMON_HELP: &str = "Exit codes: 0 stopped by SIGTERM/SIGINT, 1 a conf
 pub const STATUS_HELP: &str = "Exit codes: 0 status shown, 1 no daemon answers, 2 usage.";
 pub const APISERVER_PROXY_HELP: &str = "Exit codes: 0 stopped by SIGTERM/SIGINT after the drain, 1 a file is unreadable or malformed or the port cannot be bound, 2 usage.";
 pub const INIT_HELP: &str = "Exit codes: 0 applied, 1 refused (nothing was changed) or failed (the message names the step), 2 usage.";
+pub const TOKEN_HELP: &str = "Exit codes: 0 done, 1 failure (revoke: an id that names no usable token; nothing was revoked), 2 usage.";
 pub const ADD_NODE_HELP: &str = "Exit codes: 0 token issued, 1 failure, 2 usage.";
 pub const JOIN_HELP: &str = "Exit codes: 0 joined, 1 failure, 2 usage, 4 server identity not verified, 6 join refused by the server, 130 interrupted (the daemon goes on; see `status`).";
 pub const LEAVE_HELP: &str = "Exit codes: 0 left, 1 failure, 2 usage, 3 this node holds the only copy of the datastore, 5 the cluster did not remove this node (still a member; its role may have been handed over), 130 interrupted (the daemon goes on; see `status`).";
@@ -104,6 +106,7 @@ mod tests {
             "join" => JOIN_HELP,
             "leave" => LEAVE_HELP,
             "remove-node" => REMOVE_NODE_HELP,
+            "token" => TOKEN_HELP,
             other => panic!("no help for {other}"),
         }
     }

@@ -11,6 +11,7 @@ pub mod join;
 pub mod leave;
 pub mod remove_node;
 pub mod status;
+pub mod token;
 
 use std::path::PathBuf;
 
@@ -53,6 +54,8 @@ pub enum Command {
     Leave(leave::LeaveArgs),
     /// Remove a node from the cluster.
     RemoveNode(remove_node::RemoveNodeArgs),
+    /// List or revoke the tokens that can join a node to this one.
+    Token(token::TokenArgs),
     /// Apply a MicroK8s launch configuration (what the snap's install hook and
     /// `snap set microk8s config=…` use; see docs/launch-configuration.md).
     Init(init::InitArgs),
@@ -71,6 +74,7 @@ pub fn run(cli: Cli, env: Environment) -> anyhow::Result<()> {
         Command::Leave(args) => leave::run(args, cli.state_dir, env),
         Command::RemoveNode(args) => remove_node::run(args, cli.state_dir, env),
         Command::Init(args) => init::run(args, cli.state_dir, env),
+        Command::Token(args) => token::run(args, cli.state_dir, env),
     }
 }
 

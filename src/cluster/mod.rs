@@ -1,7 +1,8 @@
-//! The cluster core: the node handle and its datastore, join tokens, bootstrap of a state
+//! The cluster core: the node handle and its datastore, join tokens and their audit log, bootstrap of a state
 //! directory, the dqlite roles policy and driver, the serving certificate, Calico's
 //! autodetection, and the node's counters.
 
+pub mod audit;
 pub mod bootstrap;
 pub mod calico;
 pub mod datastore;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::clients::peer::PeerClient;
+use crate::cluster::audit::AuditLog;
 use crate::cluster::bootstrap::{self, BootstrapError};
 use crate::cluster::datastore::Datastore;
 use crate::cluster::operation::{Operations, Stopping};
@@ -64,6 +65,7 @@ pub struct NodeParts {
 pub struct Node {
     parts: Arc<NodeParts>,
     tokens: TokenStore,
+    audit: Arc<AuditLog>,
     operations: Operations,
 }
 
@@ -71,6 +73,7 @@ impl Node {
     pub fn new(parts: NodeParts) -> Node {
         Node {
             tokens: TokenStore::new(parts.state.clone(), parts.clock.clone()),
+            audit: Arc::new(AuditLog::new(parts.state.layout().audit_log())),
             operations: Operations::default(),
             parts: Arc::new(parts),
         }
@@ -87,6 +90,11 @@ impl Node {
 
     pub fn tokens(&self) -> &TokenStore {
         &self.tokens
+    }
+
+    /// The audit log of token events.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     pub fn settings(&self) -> &NodeSettings {

@@ -19,7 +19,7 @@ use super::wire::{self, DaemonInfo, ErrorKind, Refused};
 use crate::cluster::metrics::Metrics;
 use crate::cluster::node::Node;
 use crate::local::error::Refusal;
-use crate::local::{add_node, join, leave, remove_node, status};
+use crate::local::{add_node, join, leave, remove_node, status, tokens};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open control socket {path}: {reason}")]
@@ -85,6 +85,8 @@ pub fn router(node: Node, metrics: Arc<Metrics>, info: DaemonInfo) -> Router {
         .route(wire::JOIN, post(join_handler))
         .route(wire::LEAVE, post(leave_handler))
         .route(wire::REMOVE_NODE, post(remove_node_handler))
+        .route(wire::TOKENS, get(tokens_handler))
+        .route(wire::TOKENS_REVOKE, post(revoke_handler))
         .fallback(not_found)
         .with_state(ControlState {
             node,
@@ -112,6 +114,19 @@ async fn add_node_handler(
     let resp = add_node::add_node(&s.node, req).await?;
     s.metrics.token_issued();
     Ok(Json(resp))
+}
+
+async fn tokens_handler(
+    State(s): State<ControlState>,
+) -> Result<Json<wire::TokenList>, ControlError> {
+    Ok(Json(tokens::list(&s.node).await?))
+}
+
+async fn revoke_handler(
+    State(s): State<ControlState>,
+    Json(req): Json<wire::RevokeRequest>,
+) -> Result<Json<wire::RevokeResponse>, ControlError> {
+    Ok(Json(tokens::revoke(&s.node, req).await?))
 }
 
 async fn status_handler(State(s): State<ControlState>) -> Json<wire::StatusReport> {

@@ -12,6 +12,7 @@ pub use crate::local::join::{JoinClusterRequest, JoinClusterResponse};
 pub use crate::local::leave::LeaveResponse;
 pub use crate::local::remove_node::{RemoveNodeRequest, RemoveNodeResponse};
 pub use crate::local::status::StatusReport;
+pub use crate::local::tokens::{RevokeRequest, RevokeResponse, TokenList};
 
 /// `GET /v3/local/info`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,3 +38,5 @@ pub const STATUS: &str = "/v3/local/status";
 pub const JOIN: &str = "/v3/local/join";
 pub const LEAVE: &str = "/v3/local/leave";
 pub const REMOVE_NODE: &str = "/v3/local/remove-node";
+pub const TOKENS: &str = "/v3/local/tokens";
+pub const TOKENS_REVOKE: &str = "/v3/local/tokens/revoke";

@@ -17,6 +17,9 @@ pub enum GrantError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    /// A valid token that does not admit this kind of node (worker or control plane).
+    #[error("{0}")]
+    WrongRole(String),
     #[error("Not possible to join. This is not an HA MicroK8s cluster")]
     NotHa,
     #[error("The port of the cluster agent port has to be set to {0}")]

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use super::GrantError;
 use crate::cluster::datastore::{Member, Role};
 use crate::cluster::node::Node;
-use crate::cluster::tokens::Grant;
+use crate::cluster::tokens::{Grant, Scope};
 use crate::format::wire::{JoinRequest, JoinResponseV1, JoinResponseV2};
 use crate::state::StateDir;
 use crate::sys::blocking::blocking;
@@ -59,8 +59,19 @@ async fn remote_host(node: &Node, hostname: &str, ip: IpAddr) -> String {
     }
 }
 
-fn is_valid_token(node: &Node, token: &str) -> Result<Option<Grant>, GrantError> {
-    Ok(node.tokens().check_join_token(token)?)
+/// Checks the token, and that it admits this kind of node (a worker, or a control plane),
+/// before anything is consumed.
+fn check_token(node: &Node, token: &str, worker: bool) -> Result<Grant, GrantError> {
+    let Some((grant, scope)) = node.tokens().check_join(token)? else {
+        return Err(GrantError::InvalidToken);
+    };
+    if !scope.admits(worker) {
+        return Err(GrantError::WrongRole(match scope {
+            Scope::Worker => "This token admits worker nodes only: join with --worker, or ask for a token with `add-node --role control-plane`".into(),
+            _ => "This token admits control-plane nodes only: join without --worker, or ask for a token with `add-node --role worker`".into(),
+        }));
+    }
+    Ok(grant)
 }
 
 /// Consumes the token after all checks; a concurrent join may have won the race.
@@ -79,11 +90,9 @@ pub async fn join_v2(
 ) -> Result<JoinResponseV2, GrantError> {
     // 1. Token (checked, not consumed) and 2. HA cluster, with the API server's settings
     // the later checks need, read in one go off the runtime.
-    let (node2, token) = (node.clone(), req.token.clone());
+    let (node2, token, worker) = (node.clone(), req.token.clone(), req.is_worker());
     let apiserver = blocking(move || -> Result<_, GrantError> {
-        if is_valid_token(&node2, &token)?.is_none() {
-            return Err(GrantError::InvalidToken);
-        }
+        check_token(&node2, &token, worker)?;
         if !node2.state().has_marker("ha-cluster") {
             return Err(GrantError::NotHa);
         }
@@ -347,9 +356,8 @@ pub async fn join_v1(
     let (node2, token, x509) = (node.clone(), req.token.clone(), req.can_handle_x509_auth);
     let kube_proxy_token = blocking(move || -> Result<_, GrantError> {
         let state = node2.state();
-        if is_valid_token(&node2, &token)?.is_none() {
-            return Err(GrantError::InvalidToken);
-        }
+        // A v1 join makes a worker (a non-HA cluster has one control plane).
+        check_token(&node2, &token, true)?;
         if state.has_marker("ha-cluster") {
             return Err(GrantError::Refused("Failed to join the cluster. This is an HA MicroK8s cluster.\nPlease retry after enabling HA on this joining node with 'microk8s enable ha-cluster'".into()));
         }

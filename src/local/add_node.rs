@@ -5,8 +5,9 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ErrorKind, Refusal};
+use crate::cluster::audit::{now_rfc3339, AuditEntry, LOCAL};
 use crate::cluster::node::Node;
-use crate::cluster::tokens::TokenError;
+use crate::cluster::tokens::{Lifetime, NewToken, Scope, TokenError};
 use crate::format::connection::TokenString;
 use crate::sys::blocking::{blocking, TaskFailed};
 
@@ -36,7 +37,7 @@ crate::util::internal_from!(AddNodeError: crate::state::StateError, TaskFailed);
 impl From<TokenError> for AddNodeError {
     fn from(e: TokenError) -> Self {
         match e {
-            TokenError::TooShort | TokenError::BadCharacters => {
+            TokenError::TooShort | TokenError::BadCharacters | TokenError::BadDescription(_) => {
                 AddNodeError::BadToken(e.to_string())
             }
             other => AddNodeError::Internal(other.to_string()),
@@ -50,6 +51,15 @@ pub struct AddNodeRequest {
     pub token: Option<String>,
     /// Seconds of validity; `None` = single use, no expiry.
     pub ttl: Option<i64>,
+    /// Never expires, never consumed (MicroK8s's `persistent-cluster-tokens.txt`).
+    #[serde(default)]
+    pub persistent: bool,
+    /// Which nodes the token admits; `None`: either kind.
+    #[serde(default)]
+    pub role: Option<Scope>,
+    /// Free text shown by `token list`.
+    #[serde(default)]
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -87,10 +97,29 @@ pub fn advertised(bind_ip: IpAddr, default_ip: Option<IpAddr>, all: &[IpAddr]) -
 }
 
 pub async fn add_node(node: &Node, req: AddNodeRequest) -> Result<AddNodeResponse, AddNodeError> {
-    let node = node.clone();
-    blocking(move || {
+    let new = NewToken {
+        lifetime: match (req.persistent, req.ttl) {
+            (true, _) => Lifetime::Persistent,
+            (false, Some(ttl)) => Lifetime::Ttl(ttl),
+            (false, None) => Lifetime::SingleUse,
+        },
+        scope: req.role.unwrap_or(Scope::Any),
+        description: req.description.clone().unwrap_or_default(),
+    };
+    let detail = format!(
+        "{} token for {} nodes",
+        match new.lifetime {
+            Lifetime::Persistent => "persistent".to_string(),
+            Lifetime::Ttl(ttl) => format!("{ttl} s"),
+            Lifetime::SingleUse => "single-use".to_string(),
+        },
+        new.scope.name()
+    );
+    let node2 = node.clone();
+    let resp = blocking(move || {
+        let node = node2;
         let token = req.token.unwrap_or_else(crate::util::secret::random_hex_token);
-        node.tokens().add_join_token(&token, req.ttl)?;
+        node.tokens().issue(&token, &new)?;
         let layout = node.state().layout();
         let server = node.state().read_string(&layout.server_crt())?;
         let check = crate::pki::fingerprint12(&server)
@@ -115,7 +144,7 @@ pub async fn add_node(node: &Node, req: AddNodeRequest) -> Result<AddNodeRespons
         }
         .render();
         tracing::info!(token_id = %crate::cluster::tokens::token_id(&token), ttl = ?req.ttl, "join token issued");
-        Ok(AddNodeResponse {
+        Ok::<_, AddNodeError>(AddNodeResponse {
             token,
             check,
             port,
@@ -125,7 +154,19 @@ pub async fn add_node(node: &Node, req: AddNodeRequest) -> Result<AddNodeRespons
             ha: node.state().has_marker("ha-cluster"),
         })
     })
-    .await
+    .await?;
+    node.audit()
+        .record(&AuditEntry {
+            time: now_rfc3339(),
+            source: LOCAL.to_string(),
+            route: "add-node",
+            token_id: Some(crate::cluster::tokens::token_id(&resp.token)),
+            result: "created",
+            status: None,
+            detail: Some(detail),
+        })
+        .await;
+    Ok(resp)
 }
 
 #[cfg(test)]

@@ -64,6 +64,8 @@ pub enum ErrorKind {
     RemoveAmbiguous,
     /// The cluster did not take the member out: nothing changed.
     RemoveDatastoreUnchanged,
+    /// `token revoke` of an id that names no usable token (nothing was revoked).
+    TokenUnknown,
     /// Another membership change is in progress on this node.
     Busy,
     /// An earlier change is recorded in the journal, not finished and not undone: a restart
@@ -117,6 +119,7 @@ impl ErrorKind {
         ErrorKind::RemoveNeedsForce,
         ErrorKind::RemoveAmbiguous,
         ErrorKind::RemoveDatastoreUnchanged,
+        ErrorKind::TokenUnknown,
         ErrorKind::Busy,
         ErrorKind::Unsettled,
         ErrorKind::OutcomeUnknown,
@@ -127,7 +130,7 @@ impl ErrorKind {
     /// The commands that can fail with this kind.
     pub fn commands(self) -> &'static [&'static str] {
         const MEMBERSHIP: &[&str] = &["join", "leave", "remove-node"];
-        const ALL: &[&str] = &["add-node", "join", "leave", "remove-node"];
+        const ALL: &[&str] = &["add-node", "join", "leave", "remove-node", "token"];
         match self {
             ErrorKind::Busy
             | ErrorKind::Unsettled
@@ -243,7 +246,8 @@ mod tests {
         assert_eq!(ErrorKind::RemoveNeedsForce.commands(), ["remove-node"]);
         assert_eq!(ErrorKind::AddNodeBadToken.commands(), ["add-node"]);
         assert_eq!(ErrorKind::LeaveOnlyVoter.commands(), ["leave"]);
-        assert_eq!(ErrorKind::Internal.commands().len(), 4);
+        assert_eq!(ErrorKind::Internal.commands().len(), 5);
+        assert_eq!(ErrorKind::TokenUnknown.commands(), ["token"]);
         assert_eq!(ErrorKind::Busy.commands(), ["join", "leave", "remove-node"]);
         let names: std::collections::BTreeSet<String> = ErrorKind::ALL
             .iter()

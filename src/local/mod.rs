@@ -16,3 +16,4 @@ pub mod remove_node;
 pub mod reset;
 pub mod settle;
 pub mod status;
+pub mod tokens;

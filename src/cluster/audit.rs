@@ -1,7 +1,8 @@
-//! The audit log: one JSON line per token use under `var/log/`, never the token itself
-//! (only `tokens::token_id`, a short hash). Appended with O_APPEND, mode 0600.
+//! The audit log: one JSON line per token event under `var/log/`, never the token itself
+//! (only `tokens::token_id`, a short hash): every use and refusal on :25000 (`source` is
+//! the peer's address, `route` the request's), and every token created or revoked on this
+//! node (`source` is `local`, `route` the command). Appended with O_APPEND, mode 0600.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -10,12 +11,21 @@ use serde::Serialize;
 #[derive(Debug, Serialize)]
 pub struct AuditEntry<'a> {
     pub time: String,
-    pub source: IpAddr,
+    /// The peer's address, or `local` for the node's own CLI.
+    pub source: String,
     pub route: &'a str,
     pub token_id: Option<String>,
     pub result: &'a str,
-    pub status: u16,
+    /// The HTTP status of a :25000 request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// What a created token admits and how long it lives.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
+
+/// The `source` of events of the node's own CLI.
+pub const LOCAL: &str = "local";
 
 pub struct AuditLog {
     path: PathBuf,
