@@ -33,6 +33,7 @@ pub fn code(kind: ErrorKind) -> u8 {
         AddNodeBadToken
         | AddNodeOnWorker
         | JoinInvalidConnection
+        | JoinBadRegistration
         | JoinAlreadyWorker
         | JoinAlreadyClustered
         | JoinMembershipUnreadable

@@ -9,6 +9,8 @@ use clap::Args;
 use crate::control::client::LocalClient;
 use crate::control::wire::{self, DaemonInfo, JoinClusterRequest, JoinClusterResponse};
 use crate::format::launch;
+use crate::format::launch::JoinSection;
+use crate::local::join::adopt::Registration;
 use crate::local::launch::{self as applying, LaunchEffects, SELF_SERVICE};
 use crate::state::{resolve_state_dir, Environment, StateDir};
 use crate::sys::runner::{CommandRunner, SystemRunner};
@@ -127,11 +129,15 @@ impl LaunchEffects for CliEffects {
         self.services.restart(service).map_err(|e| e.to_string())
     }
 
-    fn join(&self, url: &str, worker: bool) -> Result<Vec<String>, String> {
+    fn join(&self, join: &JoinSection) -> Result<Vec<String>, String> {
         let req = JoinClusterRequest {
-            connection: url.to_string(),
-            worker,
+            connection: join.url.clone(),
+            worker: join.worker,
             skip_verify: false,
+            registration: Registration {
+                labels: join.node_labels.clone(),
+                taints: join.taints.clone(),
+            },
         };
         super::membership_change::<JoinClusterResponse, _>(&self.client, wire::JOIN, &req, "join")
             .map(|resp| resp.messages)

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use crate::cluster::node::Node;
 use crate::control::wire::JoinClusterRequest;
+use crate::format::launch::JoinSection;
+use crate::local::join::adopt::Registration;
 use crate::local::launch::{self, ApplyError, LaunchEffects, SELF_SERVICE};
 
 /// The shortest interval between two scans (the Go agent's minimum).
@@ -185,11 +187,15 @@ impl LaunchEffects for DaemonEffects {
             .map_err(|e| e.to_string())
     }
 
-    fn join(&self, url: &str, worker: bool) -> Result<Vec<String>, String> {
+    fn join(&self, join: &JoinSection) -> Result<Vec<String>, String> {
         let req = JoinClusterRequest {
-            connection: url.to_string(),
-            worker,
+            connection: join.url.clone(),
+            worker: join.worker,
             skip_verify: false,
+            registration: Registration {
+                labels: join.node_labels.clone(),
+                taints: join.taints.clone(),
+            },
         };
         self.handle
             .block_on(crate::local::join::join_cluster(&self.node, req))

@@ -351,6 +351,10 @@ pub struct Addon {
 pub struct JoinSection {
     pub url: String,
     pub worker: bool,
+    /// `key=value` labels the node registers with (`join --node-labels`).
+    pub node_labels: Vec<String>,
+    /// `key[=value]:Effect` taints it registers with (`join --register-with-taints`).
+    pub taints: Vec<String>,
 }
 
 /// Parses and validates a whole file. Empty documents (comments only) are skipped.
@@ -454,6 +458,10 @@ struct RawJoin {
     url: Option<Text>,
     #[serde(default)]
     worker: bool,
+    #[serde(default, rename = "nodeLabels")]
+    node_labels: Option<Vec<Text>>,
+    #[serde(default, rename = "registerWithTaints")]
+    taints: Option<Vec<Text>>,
 }
 
 /// A document as written, before validation.
@@ -682,11 +690,25 @@ fn validate(part: usize, raw: RawPart) -> Result<Part, LaunchError> {
         Some(RawJoin {
             url: Some(Text(url)),
             worker,
+            node_labels,
+            taints,
         }) if !url.trim().is_empty() => {
             super::connection::parse(url.trim()).map_err(|e| err("join.url", e.0))?;
+            let texts = |list: Option<Vec<Text>>| -> Vec<String> {
+                list.unwrap_or_default().into_iter().map(|t| t.0).collect()
+            };
+            let (node_labels, taints) = (texts(node_labels), texts(taints));
+            for label in &node_labels {
+                super::labels::check_label(label).map_err(|r| err("join.nodeLabels", r))?;
+            }
+            for taint in &taints {
+                super::labels::check_taint(taint).map_err(|r| err("join.registerWithTaints", r))?;
+            }
             Some(JoinSection {
                 url: url.trim().to_string(),
                 worker,
+                node_labels,
+                taints,
             })
         }
         Some(RawJoin { worker: true, .. }) => {
@@ -952,7 +974,9 @@ extraFIPSEnv:
             p.join,
             Some(JoinSection {
                 url: "10.0.0.10:25000/0123456789abcdef0123456789abcdef/a1b2c3d4e5f6a7b8".into(),
-                worker: true
+                worker: true,
+                node_labels: vec![],
+                taints: vec![],
             })
         );
         assert_eq!(p.extra_sans.as_ref().map(Vec::len), Some(2));

@@ -7,6 +7,7 @@ pub mod connection;
 pub mod csr_conf;
 pub mod decode;
 pub mod kubeconfig;
+pub mod labels;
 pub mod launch;
 pub mod traefik;
 pub mod wire;

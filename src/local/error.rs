@@ -15,6 +15,8 @@ pub enum ErrorKind {
     /// `add-node` on a worker.
     AddNodeOnWorker,
     JoinInvalidConnection,
+    /// Node labels or taints Kubernetes would refuse.
+    JoinBadRegistration,
     JoinAlreadyWorker,
     JoinAlreadyClustered,
     /// This node's own datastore membership cannot be read.
@@ -86,6 +88,7 @@ impl ErrorKind {
         ErrorKind::AddNodeBadToken,
         ErrorKind::AddNodeOnWorker,
         ErrorKind::JoinInvalidConnection,
+        ErrorKind::JoinBadRegistration,
         ErrorKind::JoinAlreadyWorker,
         ErrorKind::JoinAlreadyClustered,
         ErrorKind::JoinMembershipUnreadable,

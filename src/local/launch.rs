@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use crate::format::args::ArgsFile;
 use crate::format::csr_conf;
-use crate::format::launch::{self, LaunchConfig, LaunchError, Part};
+use crate::format::launch::{self, JoinSection, LaunchConfig, LaunchError, Part};
 use crate::state::{mode, Environment, StateDir, StateError};
 
 /// The agent's own service name (restarting it ends the process that applies).
@@ -30,8 +30,8 @@ pub trait LaunchEffects {
     fn run(&self, argv: &[String]) -> Result<(), String>;
     /// Restarts a service (MicroK8s's name: `kubelite`, `containerd`, …).
     fn restart(&self, service: &str) -> Result<(), String>;
-    /// Joins the cluster behind `url`; returns the join's messages.
-    fn join(&self, url: &str, worker: bool) -> Result<Vec<String>, String>;
+    /// Joins the cluster of a `join` section; returns the join's messages.
+    fn join(&self, join: &JoinSection) -> Result<Vec<String>, String>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,10 +85,7 @@ enum Step {
         data: Vec<u8>,
         mode: u32,
     },
-    Join {
-        url: String,
-        worker: bool,
-    },
+    Join(JoinSection),
 }
 
 /// The steps of every part and the services to restart.
@@ -144,9 +141,9 @@ pub fn apply(
                     tracing::info!(part, file = %rel, "launch configuration wrote");
                     applied.written.push(rel);
                 }
-                Step::Join { url, worker } => {
+                Step::Join(join) => {
                     let messages = effects
-                        .join(&url, worker)
+                        .join(&join)
                         .map_err(|reason| ApplyError::Join { part, reason })?;
                     applied.join_messages.extend(messages);
                 }
@@ -291,10 +288,7 @@ fn plan(
         }
         if !pre_init {
             if let Some(join) = &part.join {
-                steps.push(Step::Join {
-                    url: join.url.clone(),
-                    worker: join.worker,
-                });
+                steps.push(Step::Join(join.clone()));
             }
         }
         plan.parts.push((n, steps));
@@ -390,8 +384,11 @@ mod tests {
             self.restarts.lock().unwrap().push(service.to_string());
             Ok(())
         }
-        fn join(&self, url: &str, worker: bool) -> Result<Vec<String>, String> {
-            self.joins.lock().unwrap().push((url.to_string(), worker));
+        fn join(&self, join: &JoinSection) -> Result<Vec<String>, String> {
+            self.joins
+                .lock()
+                .unwrap()
+                .push((join.url.clone(), join.worker));
             Ok(vec!["joined".into()])
         }
     }

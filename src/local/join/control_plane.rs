@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::adopt::{adopt_apiserver_args, cluster_kubelet_args};
+use super::adopt::{adopt_apiserver_args, cluster_kubelet_args, register, Registration};
 use super::error::JoinError;
 use crate::cluster::journal::{Change, JoinStep, Journal, Record};
 use crate::cluster::node::Node;
@@ -99,6 +99,7 @@ pub async fn join(
     answer: JoinResponseV2,
     contacted: SocketAddr,
     ticket: &Ticket,
+    registration: &Registration,
 ) -> Result<Vec<String>, JoinError> {
     let membership = node
         .membership()
@@ -106,6 +107,7 @@ pub async fn join(
         .ok_or_else(|| JoinError::NoMember("the embedded member is not running".into()))?;
     let ca_key = cluster_ca_key(&answer)?;
     let mut progress = Progress::new(node, ticket, &answer, contacted);
+    progress.registration = registration.clone();
     progress.begin().await?;
 
     let result = install(node, &membership, &answer, &ca_key, &mut progress).await;
@@ -227,6 +229,8 @@ pub(super) struct Progress<'a> {
     pub messages: Vec<String>,
     /// The fresh member may have been ADDed to the cluster (client to it, member id).
     added: Option<(Arc<Client>, u64)>,
+    /// The labels and taints the node registers with.
+    pub registration: Registration,
 }
 
 impl<'a> Progress<'a> {
@@ -245,6 +249,7 @@ impl<'a> Progress<'a> {
             started: node.clock().now_unix(),
             messages: vec!["Waiting for this node to finish joining the cluster.".to_string()],
             added: None,
+            registration: Registration::default(),
         }
     }
 
@@ -298,7 +303,9 @@ async fn install(
     let (state, files, bind) = (node.state().clone(), answer.clone(), node.settings().bind);
     let ca_key = ca_key.to_string();
     let failure_domain = membership.template().failure_domain;
-    blocking(move || install_files(&state, bind, &files, &ca_key, failure_domain)).await?;
+    let registration = progress.registration.clone();
+    blocking(move || install_files(&state, bind, &files, &ca_key, failure_domain, &registration))
+        .await?;
     node.checkpoint("join-cp-installed").await?;
 
     // A fresh member, added to the cluster as a spare.
@@ -356,6 +363,7 @@ pub(super) fn install_files(
     answer: &JoinResponseV2,
     ca_key: &str,
     failure_domain: u64,
+    registration: &Registration,
 ) -> Result<(), StepFailed> {
     let l = state.layout();
     let backend = l.backend_dir();
@@ -393,10 +401,12 @@ pub(super) fn install_files(
     }
     crate::cluster::bootstrap::rebootstrap(state, bind, failure_domain).map_err(fail)?;
     // The cluster's kubelet and API server arguments and callback token.
+    let mut kubelet_args = cluster_kubelet_args(answer);
+    register(&mut kubelet_args, registration);
     state
         .write(
             &l.args("kubelet"),
-            cluster_kubelet_args(answer).render().as_bytes(),
+            kubelet_args.render().as_bytes(),
             mode::ARGS,
         )
         .map_err(fail)?;

@@ -10,6 +10,9 @@ pub enum JoinError {
     /// The connection string is malformed (MicroK8s's `Invalid connection: …` texts).
     #[error("{0}")]
     InvalidConnection(String),
+    /// `--node-labels` or `--register-with-taints` that Kubernetes would refuse.
+    #[error("{0}. Nothing was changed.")]
+    BadRegistration(String),
     #[error("This node is already a worker of a cluster. Run 'cluster-agent leave' first.")]
     AlreadyWorker,
     #[error("This node is already part of a cluster with other members. Run 'cluster-agent leave' first.")]
@@ -77,6 +80,7 @@ impl Refusal for JoinError {
     fn kind(&self) -> ErrorKind {
         match self {
             JoinError::InvalidConnection(_) => ErrorKind::JoinInvalidConnection,
+            JoinError::BadRegistration(_) => ErrorKind::JoinBadRegistration,
             JoinError::AlreadyWorker => ErrorKind::JoinAlreadyWorker,
             JoinError::AlreadyClustered => ErrorKind::JoinAlreadyClustered,
             JoinError::MembershipUnreadable(_) => ErrorKind::JoinMembershipUnreadable,

@@ -41,6 +41,7 @@ pub async fn join(
     answer: JoinResponseV2,
     contacted: SocketAddr,
     ticket: &crate::cluster::operation::Ticket,
+    registration: &super::adopt::Registration,
 ) -> Result<Vec<String>, JoinError> {
     let external = node
         .external()
@@ -50,6 +51,7 @@ pub async fn join(
     let previous = external.own().map(|(_, address)| address);
     let address = k8s_dqlite::member_address(&answer.hostname_override, previous.as_deref());
     let mut progress = Progress::new(node, ticket, &answer, contacted);
+    progress.registration = registration.clone();
     progress.begin().await?;
 
     let result = install(node, &external, &answer, &ca_key, &address, &mut progress).await;
@@ -101,8 +103,9 @@ async fn install(
     ticket.step("replacing this node's datastore and certificates");
     let (state, files, bind) = (node.state().clone(), answer.clone(), node.settings().bind);
     let (ca_key, init_address) = (ca_key.to_string(), address.to_string());
+    let registration = progress.registration.clone();
     blocking(move || {
-        install_files(&state, bind, &files, &ca_key, failure_domain)?;
+        install_files(&state, bind, &files, &ca_key, failure_domain, &registration)?;
         k8s_dqlite::write_init(&state, &init_address, &files.voters).map_err(fail)
     })
     .await?;

@@ -34,6 +34,9 @@ pub struct JoinClusterRequest {
     pub connection: String,
     pub worker: bool,
     pub skip_verify: bool,
+    /// Labels and taints to register the node with.
+    #[serde(default)]
+    pub registration: adopt::Registration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,6 +119,9 @@ pub async fn join_cluster(
 ) -> Result<JoinClusterResponse, JoinError> {
     let conn = connection::parse(&req.connection)
         .map_err(|e| JoinError::InvalidConnection(e.to_string()))?;
+    req.registration
+        .check()
+        .map_err(JoinError::BadRegistration)?;
     let ticket = crate::local::error::begin::<JoinError>(node, "join")?;
     if node.state().has_marker("clustered.lock") {
         return Err(JoinError::AlreadyWorker);
@@ -147,11 +153,11 @@ pub async fn join_cluster(
     let granted: JoinResponseV2 = serde_json::from_slice(&answer.body)
         .map_err(|e| JoinError::UnexpectedAnswer(e.to_string()))?;
     let messages = if req.worker {
-        worker::join(node, &granted, &target, &ticket).await?
+        worker::join(node, &granted, &target, &ticket, &req.registration).await?
     } else if node.settings().external_datastore {
-        external::join(node, granted, target.addr, &ticket).await?
+        external::join(node, granted, target.addr, &ticket, &req.registration).await?
     } else {
-        control_plane::join(node, granted, target.addr, &ticket).await?
+        control_plane::join(node, granted, target.addr, &ticket, &req.registration).await?
     };
     Ok(JoinClusterResponse {
         contacted: target.addr.to_string(),

@@ -12,7 +12,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use super::adopt::{adopt_apiserver_args, cluster_kubelet_args};
+use super::adopt::{adopt_apiserver_args, cluster_kubelet_args, register, Registration};
 use super::error::JoinError;
 use super::target::Target;
 use super::{refusal_text, JOIN_TIMEOUT};
@@ -33,7 +33,9 @@ pub async fn join(
     answer: &JoinResponseV2,
     target: &Target,
     ticket: &Ticket,
+    registration: &Registration,
 ) -> Result<Vec<String>, JoinError> {
+    let registration = registration.clone();
     if answer.ca_key.is_some() {
         return Err(JoinError::NotAWorkerCluster);
     }
@@ -87,7 +89,14 @@ pub async fn join(
     let node2 = node.clone();
     let mut messages = blocking(move || {
         let files = WorkerFiles::new(node2.state());
-        let result = configure_worker(&node2, &files, &answer, contacted, &kubelet, &proxy);
+        let result = configure_worker(
+            &node2,
+            &files,
+            &answer,
+            contacted,
+            (&kubelet, &proxy),
+            &registration,
+        );
         if let Err(e) = result {
             let restored = journal
                 .saved_files()
@@ -281,8 +290,8 @@ fn configure_worker(
     files: &WorkerFiles,
     answer: &JoinResponseV2,
     contacted: IpAddr,
-    kubelet: &Signed,
-    proxy: &Signed,
+    (kubelet, proxy): (&Signed, &Signed),
+    registration: &Registration,
 ) -> Result<(), crate::state::StateError> {
     let state = node.state();
     state.write(&files.ca_remote, answer.ca.as_bytes(), mode::PUBLIC)?;
@@ -328,6 +337,7 @@ fn configure_worker(
         "--node-labels",
         "\"microk8s.io/cluster=true,node.kubernetes.io/microk8s-worker=microk8s-worker\"",
     );
+    register(&mut kubelet_args, registration);
     state.write(&files.args[0], kubelet_args.render().as_bytes(), mode::ARGS)?;
     state.update_args("kube-proxy", |f| {
         let mut changed = f.remove("--master");
