@@ -533,6 +533,49 @@ fn concurrent_joins_with_one_single_use_token_grant_exactly_one() {
 }
 
 #[test]
+fn concurrent_joins_with_one_scoped_token_grant_exactly_one_and_the_wrong_role_none() {
+    let api = Api::start();
+    let token = api.add_node(&["--role", "worker"]);
+    let race = |worker: bool| -> Vec<u16> {
+        let body = api.join_body(&token, worker).to_string();
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                let client = api.client_from(unique_loopback());
+                let (url, body) = (api.url(JOIN), body.clone());
+                std::thread::spawn(move || {
+                    client
+                        .post(url)
+                        .body(body)
+                        .send()
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    };
+    // Control-plane joins with a worker token: every one refused (403), nothing consumed.
+    let statuses = race(false);
+    assert!(statuses.iter().all(|s| *s == 403), "{statuses:?}");
+    assert!(api.file("credentials/cluster-tokens.txt").contains(&token));
+    // Worker joins: exactly one is granted.
+    let statuses = race(true);
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 500),
+        "{statuses:?}"
+    );
+    let audit = api.file("var/log/cluster-agent-audit.jsonl");
+    assert_eq!(audit.matches("\"wrong_role\"").count(), 16, "{audit}");
+    assert!(!audit.contains(&token));
+}
+
+#[test]
 fn rate_limit_kicks_in_and_expires() {
     let api = Api::start_with(&["--auth-failure-limit", "3", "--auth-failure-window", "2s"]);
     let token = api.add_node(&["--token-ttl", "3600"]);

@@ -1084,6 +1084,17 @@ extraFIPSEnv:
     }
 
     #[test]
+    fn join_section_labels_and_taints() {
+        let text = "version: 0.2.0\njoin:\n  url: 10.0.0.10:25000/0123456789abcdef0123456789abcdef/a1b2c3d4e5f6a7b8\n  worker: true\n  nodeLabels: [zone=a, example.com/rack=r4]\n  registerWithTaints: [\"dedicated=gpu:NoSchedule\"]\n";
+        let join = parse(text).unwrap().parts[0].join.clone().unwrap();
+        assert_eq!(join.node_labels, vec!["zone=a", "example.com/rack=r4"]);
+        assert_eq!(join.taints, vec!["dedicated=gpu:NoSchedule"]);
+        let bad = text.replace("zone=a", "node-role.kubernetes.io/x=");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("join.nodeLabels"), "{e}");
+    }
+
+    #[test]
     fn registry_names() {
         for ok in [
             "docker.io",

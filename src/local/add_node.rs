@@ -107,7 +107,7 @@ pub async fn add_node(node: &Node, req: AddNodeRequest) -> Result<AddNodeRespons
         description: req.description.clone().unwrap_or_default(),
     };
     let detail = format!(
-        "{} token for {} nodes",
+        "{} token, role {}",
         match new.lifetime {
             Lifetime::Persistent => "persistent".to_string(),
             Lifetime::Ttl(ttl) => format!("{ttl} s"),
