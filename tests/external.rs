@@ -741,3 +741,56 @@ fn a_launch_configuration_joins_a_snap_node_and_restarts_k8s_dqlite() {
     );
     wait_members(&b, 2);
 }
+
+/// Inside the snap: a worker-scoped token is refused for a control-plane join before
+/// k8s-dqlite is touched, and a worker joins with it, its labels and taints in its kubelet
+/// arguments; `token list` and `token revoke` work the same.
+#[test]
+fn scoped_tokens_labels_and_taints_inside_the_snap() {
+    let a = SnapNode::start();
+    let b = SnapNode::start();
+    let out = cli(
+        &a,
+        &["add-node", "--format", "token-check", "--role", "worker"],
+    );
+    let token_check = text(&out.stdout).trim().to_string();
+    let url = format!("{}/{token_check}", a.bind());
+    let calls_before = b.snapctl_log();
+    let out = cli(&b, &["join", &url]);
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("admits worker nodes only"));
+    assert_eq!(b.snapctl_log(), calls_before, "k8s-dqlite untouched");
+    let out = cli(
+        &b,
+        &[
+            "join",
+            &url,
+            "--worker",
+            "--node-labels",
+            "zone=b",
+            "--register-with-taints",
+            "spot:NoSchedule",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let kubelet = std::fs::read_to_string(b.state.join("args/kubelet")).unwrap();
+    assert!(
+        kubelet.contains(",zone=b\"")
+            && kubelet.contains("--register-with-taints=\"spot:NoSchedule\""),
+        "{kubelet}"
+    );
+    // The single-use token is spent and its two certificate requests were used.
+    let list = cli(&a, &["token", "list", "--format", "json"]);
+    let tokens: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(tokens, serde_json::json!([]), "{tokens}");
+    let out = cli(&a, &["add-node", "--format", "token", "--persistent"]);
+    let persistent = text(&out.stdout).trim().to_string();
+    assert!(cli(&a, &["token", "revoke", &persistent]).status.success());
+    let list = cli(&a, &["token", "list", "--format", "json"]);
+    assert_eq!(text(&list.stdout).trim(), "[]");
+}
