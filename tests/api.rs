@@ -894,11 +894,15 @@ fn audit_log_and_metrics_never_show_tokens() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2, "{audit}");
-    assert_eq!(lines[0]["result"], "invalid_token");
-    assert_eq!(lines[1]["result"], "granted");
-    assert_eq!(lines[1]["source"], from.to_string());
-    assert_eq!(lines[1]["route"], JOIN);
+    assert_eq!(lines.len(), 3, "{audit}");
+    assert_eq!(lines[0]["result"], "created");
+    assert_eq!(lines[0]["source"], "local");
+    assert_eq!(lines[0]["route"], "add-node");
+    assert_eq!(lines[1]["result"], "invalid_token");
+    assert_eq!(lines[2]["result"], "granted");
+    assert_eq!(lines[2]["source"], from.to_string());
+    assert_eq!(lines[2]["route"], JOIN);
+    assert_eq!(lines[0]["token_id"], lines[2]["token_id"]);
     assert!(!audit.contains(&token) && !audit.contains("wrong-token"));
     assert!(!api.node.log_text().contains(&token));
     let metrics = api

@@ -357,6 +357,34 @@ async fn open_stream(address: &str, tls: Option<&ClientTls>) -> Result<BoxStream
     }
 }
 
+/// What a role change was planned on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub leader: LeaderInfo,
+    pub config: Vec<NodeInfo>,
+}
+
+/// What became of a planned role change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Assigned {
+    Applied,
+    /// Not applied (or not known to be), and not to be retried: why.
+    Dropped(String),
+}
+
+/// Same members, addresses and roles, in any order.
+fn same_configuration(a: &[NodeInfo], b: &[NodeInfo]) -> bool {
+    let key = |nodes: &[NodeInfo]| {
+        let mut v: Vec<(u64, String, Role)> = nodes
+            .iter()
+            .map(|n| (n.id, n.address.clone(), n.role))
+            .collect();
+        v.sort_by(|x, y| x.0.cmp(&y.0));
+        v
+    };
+    key(a) == key(b)
+}
+
 /// The leader as a node reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaderInfo {
@@ -369,9 +397,13 @@ pub struct LeaderInfo {
 pub struct Options {
     /// TCP connect + TLS handshake + version word (go-dqlite: 5 s).
     pub dial_timeout: Duration,
-    /// One request's answer. Promoting a lagging member to voter can take ~50 s on 1.11
-    /// before failing, so this is long on purpose; the call deadline bounds the total.
+    /// One read's answer (LEADER, CLUSTER, DESCRIBE): a connection silent this long is
+    /// abandoned and the leader looked up again.
     pub request_timeout: Duration,
+    /// One configuration change's answer (ADD, ASSIGN, REMOVE, TRANSFER). Promoting a
+    /// lagging member to voter can take ~50 s on 1.11 before failing, so this is long on
+    /// purpose; the call deadline bounds the total.
+    pub change_timeout: Duration,
     /// Whole public operation, retries included.
     pub call_timeout: Duration,
     pub backoff_min: Duration,
@@ -385,10 +417,29 @@ impl Default for Options {
         Options {
             dial_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(15),
+            change_timeout: Duration::from_secs(15),
             call_timeout: Duration::from_secs(60),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(1),
             probe_concurrency: 10,
+        }
+    }
+}
+
+impl Options {
+    /// Deadlines for members whose one-way latency is about `latency` (raft's heartbeat is
+    /// 1.5 × and its election timeout 15 × it): a dial gets 6 ×, a read 13 × (0.9 s and
+    /// 1.95 s at the 150 ms default), so a silent peer is given up well before a new leader
+    /// is elected; a configuration change keeps its long wait.
+    pub fn for_latency(latency: Duration) -> Options {
+        let dial_timeout = (latency * 6).clamp(Duration::from_millis(300), Duration::from_secs(30));
+        let request_timeout =
+            (latency * 13).clamp(Duration::from_millis(500), Duration::from_secs(60));
+        Options {
+            dial_timeout,
+            request_timeout,
+            change_timeout: Duration::from_secs(15).max(request_timeout),
+            ..Options::default()
         }
     }
 }
@@ -561,6 +612,76 @@ impl Client {
         self.change(req, deadline, verify).await
     }
 
+    /// ASSIGN, only where and as it was planned: on the connection to `planned.leader`
+    /// (the one the plan's configuration came from), once that leader still names itself
+    /// and the configuration is still `planned.config`. Sent once: a leader that lost
+    /// leadership, a configuration that moved on, or no answer drops the change, which is
+    /// never carried to another leader (the next round plans again from what is then true).
+    /// The 1.11 protocol does not expose raft's term; the same leader answering on the same
+    /// connection with the same configuration stands in for it.
+    pub async fn assign_planned(
+        &self,
+        planned: &Planned,
+        id: u64,
+        role: Role,
+    ) -> Result<Assigned, ClientError> {
+        let req = Request::Assign { id, role };
+        req.validate()?;
+        let mut state = self.state.lock().await;
+        let Some((info, conn)) = state.leader.as_mut() else {
+            return Ok(Assigned::Dropped("no leader connection".into()));
+        };
+        if info.id != planned.leader.id || conn.is_broken() {
+            return Ok(Assigned::Dropped("the leader changed".into()));
+        }
+        let t = self.opts.request_timeout;
+        match conn.leader(t).await {
+            Ok(Some(now)) if now.id == planned.leader.id && now.address == conn.address() => {}
+            _ => {
+                state.leader = None;
+                return Ok(Assigned::Dropped(
+                    "the planning leader no longer leads".into(),
+                ));
+            }
+        }
+        match conn.cluster(t).await {
+            Ok(nodes) if same_configuration(&nodes, &planned.config) => {}
+            Ok(nodes) => {
+                state.known = nodes;
+                return Ok(Assigned::Dropped("the configuration changed".into()));
+            }
+            Err(_) => {
+                state.leader = None;
+                return Ok(Assigned::Dropped("the leader stopped answering".into()));
+            }
+        }
+        let address = conn.address().to_string();
+        match conn.call(&req, self.opts.change_timeout).await {
+            Ok(Response::Empty) => Ok(Assigned::Applied),
+            Ok(Response::Failure { code, .. }) if code::is_not_leader(code) => {
+                state.leader = None;
+                Ok(Assigned::Dropped("leadership was lost".into()))
+            }
+            Ok(Response::Failure { code, .. }) if code == code::BUSY => Ok(Assigned::Dropped(
+                "another configuration change is in progress".into(),
+            )),
+            Ok(other) => Err(hard_error(&address, &req, other)),
+            Err(e @ ClientError::Invalid(_)) => Err(e),
+            Err(_) => {
+                // Maybe applied, maybe not: the next round reads the configuration again.
+                state.leader = None;
+                Ok(Assigned::Dropped("no answer from the leader".into()))
+            }
+        }
+    }
+
+    /// The leader and its configuration, read on one connection: what a plan is made on.
+    pub async fn plan_basis(&self) -> Result<Planned, ClientError> {
+        let leader = self.leader().await?;
+        let config = self.cluster().await?;
+        Ok(Planned { leader, config })
+    }
+
     /// Removes a member, whatever its role.
     pub async fn remove(&self, id: u64) -> Result<(), ClientError> {
         let req = Request::Remove { id };
@@ -684,7 +805,13 @@ impl Client {
                 last = Some(e);
             } else if let Some((_, conn)) = state.leader.as_mut() {
                 let address = conn.address().to_string();
-                let t = self.request_timeout(deadline);
+                let t = if mutating {
+                    self.opts
+                        .change_timeout
+                        .min(deadline.saturating_duration_since(Instant::now()))
+                } else {
+                    self.request_timeout(deadline)
+                };
                 match conn.call(&req, t).await {
                     Ok(Response::Failure { code, message }) if code::is_not_leader(code) => {
                         debug!(%address, code, request = req.name(), "not leader; finding the leader again");

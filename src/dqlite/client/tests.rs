@@ -38,6 +38,7 @@ fn fast() -> Options {
     Options {
         dial_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(2),
+        change_timeout: Duration::from_secs(2),
         call_timeout: Duration::from_secs(5),
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(50),
@@ -519,4 +520,124 @@ async fn nothing_is_sent_after_the_deadline() {
         !got.contains(&Request::Remove { id: 5 }),
         "sent after its deadline: {got:?}"
     );
+}
+
+/// A leader whose configuration and leadership the test changes, counting ASSIGNs.
+struct Scripted {
+    config: StdMutex<Vec<NodeInfo>>,
+    leads: std::sync::atomic::AtomicBool,
+    assigns: std::sync::atomic::AtomicUsize,
+}
+
+fn scripted_peer(address: &str, scripted: Arc<Scripted>) -> Handler {
+    let me = address.to_string();
+    Arc::new(move |req| {
+        use std::sync::atomic::Ordering::SeqCst;
+        match req {
+            Request::Leader if scripted.leads.load(SeqCst) => Action::Reply(Response::Node {
+                id: 1,
+                address: me.clone(),
+            }),
+            Request::Leader => Action::Reply(Response::Node {
+                id: 0,
+                address: String::new(),
+            }),
+            Request::Cluster => {
+                Action::Reply(Response::Nodes(scripted.config.lock().unwrap().clone()))
+            }
+            Request::Assign { .. } => {
+                scripted.assigns.fetch_add(1, SeqCst);
+                if scripted.leads.load(SeqCst) {
+                    Action::Reply(Response::Empty)
+                } else {
+                    Action::Reply(Response::Failure {
+                        code: super::code::NOT_LEADER,
+                        message: "not leader".into(),
+                    })
+                }
+            }
+            _ => Action::Reply(Response::Empty),
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_planned_assign_is_dropped_when_its_basis_moved_and_never_retried() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (listener, address) = bind().await;
+    let node = |id: u64, role: Role| NodeInfo {
+        id,
+        address: format!("127.0.0.1:{id}"),
+        role,
+    };
+    let scripted = Arc::new(Scripted {
+        config: StdMutex::new(vec![
+            NodeInfo {
+                id: 1,
+                address: address.clone(),
+                role: Role::Voter,
+            },
+            node(2, Role::Voter),
+            node(3, Role::Spare),
+        ]),
+        leads: std::sync::atomic::AtomicBool::new(true),
+        assigns: std::sync::atomic::AtomicUsize::new(0),
+    });
+    spawn_plain(listener, scripted_peer(&address, scripted.clone()));
+    let client = Client::new([address.as_str()], None, fast()).unwrap();
+
+    let planned = client.plan_basis().await.unwrap();
+    assert_eq!(
+        client
+            .assign_planned(&planned, 3, Role::Voter)
+            .await
+            .unwrap(),
+        Assigned::Applied
+    );
+    assert_eq!(scripted.assigns.load(SeqCst), 1);
+
+    // The configuration moved on after the plan: dropped, nothing sent.
+    scripted.config.lock().unwrap()[2].role = Role::StandBy;
+    let dropped = client
+        .assign_planned(&planned, 3, Role::Voter)
+        .await
+        .unwrap();
+    assert!(
+        matches!(dropped, Assigned::Dropped(ref why) if why.contains("configuration")),
+        "{dropped:?}"
+    );
+    assert_eq!(scripted.assigns.load(SeqCst), 1);
+
+    // The planning leader lost leadership: dropped, and not carried anywhere else.
+    let planned = client.plan_basis().await.unwrap();
+    scripted.leads.store(false, SeqCst);
+    let dropped = client
+        .assign_planned(&planned, 3, Role::Spare)
+        .await
+        .unwrap();
+    assert!(matches!(dropped, Assigned::Dropped(_)), "{dropped:?}");
+    assert_eq!(
+        scripted.assigns.load(SeqCst),
+        1,
+        "no ASSIGN once it no longer leads"
+    );
+    // Leadership back (a later term, say): the old plan still does not go out, the cached
+    // connection is gone.
+    scripted.leads.store(true, SeqCst);
+    let dropped = client
+        .assign_planned(&planned, 3, Role::Spare)
+        .await
+        .unwrap();
+    assert!(matches!(dropped, Assigned::Dropped(_)), "{dropped:?}");
+    assert_eq!(scripted.assigns.load(SeqCst), 1);
+}
+
+#[test]
+fn deadlines_follow_the_network_latency() {
+    let opts = Options::for_latency(Duration::from_millis(150));
+    assert!(opts.dial_timeout <= Duration::from_secs(1), "{opts:?}");
+    assert!(opts.request_timeout <= Duration::from_secs(2), "{opts:?}");
+    assert!(opts.change_timeout >= Duration::from_secs(15));
+    let wan = Options::for_latency(Duration::from_secs(1));
+    assert!(wan.request_timeout > opts.request_timeout);
 }
