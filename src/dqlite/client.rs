@@ -379,7 +379,7 @@ fn same_configuration(a: &[NodeInfo], b: &[NodeInfo]) -> bool {
             .iter()
             .map(|n| (n.id, n.address.clone(), n.role))
             .collect();
-        v.sort_by(|x, y| x.0.cmp(&y.0));
+        v.sort_by_key(|x| x.0);
         v
     };
     key(a) == key(b)
