@@ -1,10 +1,24 @@
-//! `GET /health`.
+//! `GET /health`: `{"status":"OK"}` (MicroK8s's answer), or 503
+//! `{"status":"degraded","reason":…}` while this node's member cannot write or the cluster
+//! no longer lists it (`cluster::health`).
 
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::json;
 
-pub async fn health() -> Json<Value> {
-    Json(json!({"status": "OK"}))
+use super::AppState;
+
+pub async fn health(State(app): State<AppState>) -> Response {
+    match app.node.health().degraded() {
+        None => Json(json!({"status": "OK"})).into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "degraded", "reason": why.to_string()})),
+        )
+            .into_response(),
+    }
 }
 
 #[cfg(test)]

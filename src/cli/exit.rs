@@ -18,6 +18,10 @@ pub const UNVERIFIED: u8 = 4;
 pub const DATASTORE_UNCHANGED: u8 = 5;
 /// `join`: the server refused the join (MicroK8s's 6).
 pub const REFUSED: u8 = 6;
+/// `status`: the datastore is degraded (a member does not answer, or this node is not one).
+pub const STATUS_DEGRADED: u8 = 3;
+/// `status`: the datastore is unavailable (no membership answer, or quorum lost).
+pub const STATUS_UNAVAILABLE: u8 = 4;
 /// The command was interrupted (128 + SIGINT, as shells report it); the daemon goes on.
 pub const INTERRUPTED: u8 = 130;
 
@@ -30,6 +34,8 @@ pub fn code(kind: ErrorKind) -> u8 {
         LeaveOnlyVoter => ONLY_VOTER,
         LeaveDatastoreUnchanged | RemoveDatastoreUnchanged => DATASTORE_UNCHANGED,
         Interrupted => INTERRUPTED,
+        StatusDegraded => STATUS_DEGRADED,
+        StatusUnavailable => STATUS_UNAVAILABLE,
         AddNodeBadToken
         | AddNodeOnWorker
         | JoinInvalidConnection
@@ -88,7 +94,7 @@ pub const HELP: &str = "Exit codes: 0 success, 1 failure, 2 usage error (more sp
 State directory: --state-dir, else $SNAP_DATA, else /var/snap/microk8s/current if it exists, \
 else /var/lib/cluster-agent.";
 pub const DAEMON_HELP: &str = "Exit codes: 0 stopped by SIGTERM/SIGINT, 1 a configuration, file or port problem (the message names it), 2 usage.";
-pub const STATUS_HELP: &str = "Exit codes: 0 status shown, 1 no daemon answers, 2 usage.";
+pub const STATUS_HELP: &str = "Exit codes (the same whatever the format): 0 healthy, 1 no daemon answers, 2 usage, 3 degraded (a member does not answer, or this node is not a member; writes go on), 4 datastore unavailable (no membership answer, or quorum lost).";
 pub const APISERVER_PROXY_HELP: &str = "Exit codes: 0 stopped by SIGTERM/SIGINT after the drain, 1 a file is unreadable or malformed or the port cannot be bound, 2 usage.";
 pub const INIT_HELP: &str = "Exit codes: 0 applied, 1 refused (nothing was changed) or failed (the message names the step), 2 usage.";
 pub const TOKEN_HELP: &str = "Exit codes: 0 done, 1 failure (revoke: an id that names no usable token; nothing was revoked), 2 usage.";
@@ -108,6 +114,7 @@ mod tests {
             "leave" => LEAVE_HELP,
             "remove-node" => REMOVE_NODE_HELP,
             "token" => TOKEN_HELP,
+            "status" => STATUS_HELP,
             other => panic!("no help for {other}"),
         }
     }

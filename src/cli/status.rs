@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use crate::control::wire::{self, StatusReport};
+use crate::control::wire::{self, ErrorKind, Failed, StatusReport};
+use crate::local::status::Condition;
 use crate::state::Environment;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -37,9 +38,18 @@ fn addresses(report: &StatusReport, role: &str) -> String {
     }
 }
 
-/// `high-availability: yes` only with more than two voters, as MicroK8s.
+/// `high-availability: yes` only with more than two voters, as MicroK8s; the same value in
+/// every format.
 pub fn high_availability(report: &StatusReport) -> bool {
-    report.members.iter().filter(|m| m.role == "voter").count() > 2
+    report.high_availability || report.members.iter().filter(|m| m.role == "voter").count() > 2
+}
+
+fn condition_word(condition: Condition) -> &'static str {
+    match condition {
+        Condition::Healthy => "healthy",
+        Condition::Degraded => "degraded",
+        Condition::Unavailable => "unavailable",
+    }
 }
 
 pub fn render(report: &StatusReport, format: Format) -> String {
@@ -51,8 +61,8 @@ pub fn render(report: &StatusReport, format: Format) -> String {
         Format::Yaml => {
             let py = |b: bool| if b { "True" } else { "False" };
             let mut out = String::from("high-availability:\n");
-            out.push_str(&format!("  enabled: {}\n", py(report.ha_cluster)));
-            if report.ha_cluster {
+            out.push_str(&format!("  enabled: {}\n", py(high_availability(report))));
+            if !report.members.is_empty() {
                 out.push_str("  nodes:\n");
                 for m in &report.members {
                     out.push_str(&format!(
@@ -72,6 +82,19 @@ pub fn render(report: &StatusReport, format: Format) -> String {
                     "  message: {}\n",
                     serde_json::to_string(e).unwrap_or_default()
                 ));
+            }
+            out.push_str(&format!(
+                "datastore:\n  condition: {}\n",
+                condition_word(report.condition)
+            ));
+            if !report.reasons.is_empty() {
+                out.push_str("  reasons:\n");
+                for r in &report.reasons {
+                    out.push_str(&format!(
+                        "    - {}\n",
+                        serde_json::to_string(r).unwrap_or_default()
+                    ));
+                }
             }
             if let Some(op) = &report.operation {
                 let quoted = |t: &str| serde_json::to_string(t).unwrap_or_default();
@@ -119,6 +142,14 @@ pub fn render(report: &StatusReport, format: Format) -> String {
                 out.push_str(&format!("datastore: unavailable ({e})\n"));
                 return out;
             }
+            match report.condition {
+                Condition::Healthy => out.push_str("datastore: healthy\n"),
+                other => out.push_str(&format!(
+                    "datastore: {}: {}\n",
+                    condition_word(other),
+                    report.reasons.join("; ")
+                )),
+            }
             out.push_str("datastore members:\n");
             let width = report
                 .members
@@ -157,7 +188,21 @@ pub fn render(report: &StatusReport, format: Format) -> String {
 pub fn run(args: StatusArgs, state_dir: Option<PathBuf>, env: Environment) -> anyhow::Result<()> {
     let client = super::control_client(state_dir, &env);
     let report: StatusReport = super::block_on(client.get(wire::STATUS))??;
-    super::say(&render(&report, args.format))
+    super::say(&render(&report, args.format))?;
+    let kind = match report.condition {
+        Condition::Healthy => return Ok(()),
+        Condition::Degraded => ErrorKind::StatusDegraded,
+        Condition::Unavailable => ErrorKind::StatusUnavailable,
+    };
+    Err(Failed {
+        kind,
+        message: format!(
+            "the datastore is {}: {}",
+            condition_word(report.condition),
+            report.reasons.join("; ")
+        ),
+    }
+    .into())
 }
 
 #[cfg(test)]
@@ -195,6 +240,9 @@ mod tests {
     fn report(members: Vec<MemberStatus>) -> StatusReport {
         StatusReport {
             ha_cluster: true,
+            high_availability: false,
+            condition: Condition::Healthy,
+            reasons: Vec::new(),
             worker: false,
             members,
             error: None,

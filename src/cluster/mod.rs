@@ -6,6 +6,7 @@ pub mod audit;
 pub mod bootstrap;
 pub mod calico;
 pub mod datastore;
+pub mod health;
 pub mod journal;
 pub mod metrics;
 pub mod node;

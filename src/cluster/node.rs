@@ -13,6 +13,7 @@ use crate::clients::peer::PeerClient;
 use crate::cluster::audit::AuditLog;
 use crate::cluster::bootstrap::{self, BootstrapError};
 use crate::cluster::datastore::Datastore;
+use crate::cluster::health::LocalHealth;
 use crate::cluster::operation::{Operations, Stopping};
 use crate::cluster::roles::driver::RolesConfig;
 use crate::cluster::serving::{Serving, ServingError};
@@ -66,6 +67,7 @@ pub struct Node {
     parts: Arc<NodeParts>,
     tokens: TokenStore,
     audit: Arc<AuditLog>,
+    health: Arc<LocalHealth>,
     operations: Operations,
 }
 
@@ -74,6 +76,7 @@ impl Node {
         Node {
             tokens: TokenStore::new(parts.state.clone(), parts.clock.clone()),
             audit: Arc::new(AuditLog::new(parts.state.layout().audit_log())),
+            health: Arc::new(LocalHealth::default()),
             operations: Operations::default(),
             parts: Arc::new(parts),
         }
@@ -90,6 +93,11 @@ impl Node {
 
     pub fn tokens(&self) -> &TokenStore {
         &self.tokens
+    }
+
+    /// This node's last measured health (`cluster::health`).
+    pub fn health(&self) -> &LocalHealth {
+        &self.health
     }
 
     /// The audit log of token events.

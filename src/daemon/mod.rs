@@ -207,7 +207,10 @@ impl Daemon {
             None => None,
         };
         let external = match config.datastore {
-            DatastoreMode::External => Some(ExternalMember::new(state.layout().backend_dir())),
+            DatastoreMode::External => Some(ExternalMember::new(
+                state.layout().backend_dir(),
+                config.dqlite_network_latency,
+            )),
             DatastoreMode::Embedded => None,
         };
         let node = Node::new(NodeParts {
@@ -333,6 +336,10 @@ impl Daemon {
             }
             _ => None,
         };
+        let health_task = tokio::spawn(crate::cluster::health::watch(
+            app.node.clone(),
+            stop_rx.clone(),
+        ));
         let launcher_task = config
             .launcher
             .clone()
@@ -366,6 +373,7 @@ impl Daemon {
         if let Some(task) = launcher_task {
             task.abort();
         }
+        health_task.abort();
         // The control socket's requests are not waited for: an operation runs detached and
         // its CLI says how to find out how it ended.
         control_task.abort();

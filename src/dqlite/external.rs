@@ -16,13 +16,16 @@ use super::{files, Client, ClientTls, Options};
 #[derive(Debug)]
 pub struct ExternalMember {
     backend: PathBuf,
+    /// The members' expected one-way latency: the client's deadlines follow it.
+    network_latency: Duration,
     cached: Mutex<Option<(Vec<String>, Arc<Client>)>>,
 }
 
 impl ExternalMember {
-    pub fn new(backend: PathBuf) -> Arc<ExternalMember> {
+    pub fn new(backend: PathBuf, network_latency: Duration) -> Arc<ExternalMember> {
         Arc::new(ExternalMember {
             backend,
+            network_latency,
             cached: Mutex::new(None),
         })
     }
@@ -65,9 +68,8 @@ impl ExternalMember {
         .ok()?;
         // As the embedded member's client: callers that must answer fast bound their wait.
         let options = Options {
-            dial_timeout: Duration::from_secs(2),
             call_timeout: Duration::from_secs(30),
-            ..Default::default()
+            ..Options::for_latency(self.network_latency)
         };
         let client = Arc::new(Client::new(seeds.clone(), Some(tls), options).ok()?);
         *cached = Some((seeds, client.clone()));

@@ -81,7 +81,7 @@ impl Membership {
         .map_err(|e| MembershipError::Client(e.to_string()))?;
         let opts = Options {
             call_timeout: std::time::Duration::from_secs(30),
-            ..Default::default()
+            ..Options::for_latency(self.template.network_latency)
         };
         Client::new(seeds, Some(tls), opts).map_err(|e| MembershipError::Client(e.to_string()))
     }

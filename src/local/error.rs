@@ -68,6 +68,10 @@ pub enum ErrorKind {
     RemoveDatastoreUnchanged,
     /// `token revoke` of an id that names no usable token (nothing was revoked).
     TokenUnknown,
+    /// `status`: writes go on, but a member does not answer (or this node is not one).
+    StatusDegraded,
+    /// `status`: no membership answer, or quorum lost.
+    StatusUnavailable,
     /// Another membership change is in progress on this node.
     Busy,
     /// An earlier change is recorded in the journal, not finished and not undone: a restart
@@ -123,6 +127,8 @@ impl ErrorKind {
         ErrorKind::RemoveAmbiguous,
         ErrorKind::RemoveDatastoreUnchanged,
         ErrorKind::TokenUnknown,
+        ErrorKind::StatusDegraded,
+        ErrorKind::StatusUnavailable,
         ErrorKind::Busy,
         ErrorKind::Unsettled,
         ErrorKind::OutcomeUnknown,
@@ -133,7 +139,14 @@ impl ErrorKind {
     /// The commands that can fail with this kind.
     pub fn commands(self) -> &'static [&'static str] {
         const MEMBERSHIP: &[&str] = &["join", "leave", "remove-node"];
-        const ALL: &[&str] = &["add-node", "join", "leave", "remove-node", "token"];
+        const ALL: &[&str] = &[
+            "add-node",
+            "join",
+            "leave",
+            "remove-node",
+            "token",
+            "status",
+        ];
         match self {
             ErrorKind::Busy
             | ErrorKind::Unsettled
@@ -249,7 +262,8 @@ mod tests {
         assert_eq!(ErrorKind::RemoveNeedsForce.commands(), ["remove-node"]);
         assert_eq!(ErrorKind::AddNodeBadToken.commands(), ["add-node"]);
         assert_eq!(ErrorKind::LeaveOnlyVoter.commands(), ["leave"]);
-        assert_eq!(ErrorKind::Internal.commands().len(), 5);
+        assert_eq!(ErrorKind::Internal.commands().len(), 6);
+        assert_eq!(ErrorKind::StatusDegraded.commands(), ["status"]);
         assert_eq!(ErrorKind::TokenUnknown.commands(), ["token"]);
         assert_eq!(ErrorKind::Busy.commands(), ["join", "leave", "remove-node"]);
         let names: std::collections::BTreeSet<String> = ErrorKind::ALL

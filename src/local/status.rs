@@ -29,10 +29,30 @@ pub struct MemberStatus {
     pub leader: bool,
 }
 
+/// How the datastore is, as `status` exits with it (`cli::exit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Condition {
+    /// Every member answers and this node is one of them (or it is a worker).
+    Healthy,
+    /// Writes go on, but a member does not answer, or this node is not a member any more.
+    Degraded,
+    /// No membership answer, or too few voters answer for a quorum: writes stop.
+    Unavailable,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StatusReport {
-    /// `var/lock/ha-cluster` exists.
+    /// `var/lock/ha-cluster` exists (the node runs a dqlite datastore).
     pub ha_cluster: bool,
+    /// More than two voters: what pretty, yaml and json all call high availability.
+    #[serde(default)]
+    pub high_availability: bool,
+    /// Healthy, degraded or unavailable, and why.
+    #[serde(default = "healthy")]
+    pub condition: Condition,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
     /// This node is a worker (no datastore member).
     pub worker: bool,
     pub members: Vec<MemberStatus>,
@@ -48,6 +68,51 @@ pub struct StatusReport {
     pub not_a_member: bool,
 }
 
+fn healthy() -> Condition {
+    Condition::Healthy
+}
+
+/// The condition of a report and why, from its members as probed.
+pub fn assess(report: &StatusReport) -> (Condition, Vec<String>) {
+    if report.worker {
+        return (Condition::Healthy, Vec::new());
+    }
+    if let Some(e) = &report.error {
+        return (
+            Condition::Unavailable,
+            vec![format!("the membership could not be read: {e}")],
+        );
+    }
+    let voters = report.members.iter().filter(|m| m.role == "voter").count();
+    let live_voters = report
+        .members
+        .iter()
+        .filter(|m| m.role == "voter" && m.reachable)
+        .count();
+    if voters > 0 && live_voters * 2 <= voters {
+        return (
+            Condition::Unavailable,
+            vec![format!(
+                "quorum lost: {live_voters} of {voters} voters reachable"
+            )],
+        );
+    }
+    let mut reasons: Vec<String> = report
+        .members
+        .iter()
+        .filter(|m| !m.reachable)
+        .map(|m| format!("{} ({}) does not answer", m.address, m.role))
+        .collect();
+    if report.not_a_member {
+        reasons.push("this node is not a member of its cluster".into());
+    }
+    if reasons.is_empty() {
+        (Condition::Healthy, reasons)
+    } else {
+        (Condition::Degraded, reasons)
+    }
+}
+
 pub fn role_word(role: Role) -> &'static str {
     match role {
         Role::Voter => "voter",
@@ -57,8 +122,20 @@ pub fn role_word(role: Role) -> &'static str {
 }
 
 pub async fn status(node: &Node) -> StatusReport {
+    let mut report = gather(node).await;
+    report.high_availability = report.members.iter().filter(|m| m.role == "voter").count() > 2;
+    let (condition, reasons) = assess(&report);
+    report.condition = condition;
+    report.reasons = reasons;
+    report
+}
+
+async fn gather(node: &Node) -> StatusReport {
     let mut report = StatusReport {
         ha_cluster: node.state().has_marker("ha-cluster"),
+        high_availability: false,
+        condition: Condition::Healthy,
+        reasons: Vec::new(),
         worker: node.state().has_marker("clustered.lock"),
         members: Vec::new(),
         error: None,
@@ -82,11 +159,16 @@ pub async fn status(node: &Node) -> StatusReport {
     report.not_a_member = !report.worker
         && !members.is_empty()
         && own_member_id(node).is_some_and(|own| !members.iter().any(|m| m.id == own));
-    let leader = tokio::time::timeout(PROBE_TIMEOUT, node.datastore().leader())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten();
+    // The leader is asked while the members are probed: the whole answer takes at most
+    // MEMBERS_TIMEOUT + PROBE_TIMEOUT, whoever is silent.
+    let ds = node.datastore();
+    let leader_task = tokio::spawn(async move {
+        tokio::time::timeout(PROBE_TIMEOUT, ds.leader())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+    });
     let mut probes = tokio::task::JoinSet::new();
     for (i, m) in members.iter().enumerate() {
         let ds: Arc<dyn Datastore> = node.datastore();
@@ -100,6 +182,7 @@ pub async fn status(node: &Node) -> StatusReport {
     while let Some(Ok((i, m))) = probes.join_next().await {
         meta[i] = m;
     }
+    let leader = leader_task.await.ok().flatten();
     report.members = members
         .into_iter()
         .zip(meta)

@@ -384,6 +384,35 @@ pub fn append(path: &Path, data: &[u8], mode: u32) -> Result<(), StateError> {
         })
 }
 
+/// Bytes an unprivileged writer may still put in the filesystem holding `dir`.
+pub fn available_bytes(dir: &Path) -> Result<u64, StateError> {
+    let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| StateError::Read {
+        path: dir.to_path_buf(),
+        source: io::Error::from(e),
+    })?;
+    #[allow(clippy::unnecessary_cast)]
+    Ok((stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64))
+}
+
+/// Writes `size` bytes to a probe file in `dir`, syncs and removes it: can this directory
+/// take a write right now? (A full or failing disk answers no.)
+pub fn probe_write(dir: &Path, size: usize) -> Result<(), StateError> {
+    use std::io::Write;
+    let path = dir.join(".cluster-agent-write-probe");
+    let fail = |source: io::Error| StateError::Write {
+        path: path.clone(),
+        source,
+    };
+    let result = fs::File::create(&path)
+        .and_then(|mut f| {
+            f.write_all(&vec![0u8; size])?;
+            f.sync_all()
+        })
+        .map_err(fail);
+    let _ = fs::remove_file(&path);
+    result
+}
+
 /// The permission bits of `path`.
 pub fn mode_of(path: &Path) -> Result<u32, StateError> {
     use std::os::unix::fs::PermissionsExt;

@@ -192,7 +192,11 @@ impl Node {
                 return None;
             }
             let resp = https_client(&state).get(&url).send().ok()?;
-            (resp.status() == 200).then_some(())
+            // Serving: healthy, or saying why not (a member that cannot write, or one the
+            // cluster no longer lists, answers 503 "degraded").
+            let serving = resp.status() == 200
+                || (resp.status() == 503 && resp.text().is_ok_and(|t| t.contains("degraded")));
+            serving.then_some(())
         });
     }
 
@@ -219,10 +223,12 @@ impl Node {
         self.wait_healthy();
     }
 
-    /// `status --format json` through this node's control socket; `None` if it fails.
+    /// `status --format json` through this node's control socket; `None` if no daemon
+    /// answered. A degraded (exit 3) or unavailable (exit 4) datastore still prints the
+    /// report; its `condition` says which.
     pub fn status_json(&self) -> Option<serde_json::Value> {
         let out = cli(self, &["status", "--format", "json"]);
-        if !out.status.success() {
+        if !matches!(out.status.code(), Some(0 | 3 | 4)) {
             return None;
         }
         serde_json::from_slice(&out.stdout).ok()

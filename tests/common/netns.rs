@@ -150,3 +150,106 @@ impl Drop for Link {
         let _ = run("ip", &["link", "del", &self.host_if]);
     }
 }
+
+/// A LAN of hosts on this machine: a bridge in this namespace and one network namespace
+/// per host, each behind a veth pair plugged into the bridge. Hosts reach each other (and
+/// this namespace reaches them) on one /24 in 198.19.0.0/16 (RFC 2544); cutting a host sets
+/// its end down, so packets to and from it vanish, as when its cable is pulled.
+pub struct Lan {
+    bridge: String,
+    hosts: Vec<LanHost>,
+}
+
+/// One host of a [`Lan`].
+pub struct LanHost {
+    pub netns: String,
+    host_if: String,
+    peer_if: String,
+    pub ip: Ipv4Addr,
+}
+
+impl Lan {
+    pub fn new(hosts: usize) -> Result<Lan, LinkError> {
+        let pid = std::process::id() % 100_000;
+        let c = 128 + (std::process::id() % 128) as u8;
+        let routes = Command::new("ip")
+            .args(["-4", "route", "show", "root", &format!("198.19.{c}.0/24")])
+            .output()
+            .map_err(|e| LinkError(format!("ip: {e}")))?;
+        if !routes.stdout.is_empty() {
+            return Err(LinkError(format!(
+                "198.19.{c}.0/24 is already in use on this machine"
+            )));
+        }
+        let mut lan = Lan {
+            bridge: format!("cabr{pid}"),
+            hosts: Vec::new(),
+        };
+        let br = lan.bridge.clone();
+        run("ip", &["link", "add", &br, "type", "bridge"])?;
+        run(
+            "ip",
+            &["addr", "add", &format!("198.19.{c}.1/24"), "dev", &br],
+        )?;
+        run("ip", &["link", "set", &br, "up"])?;
+        for i in 0..hosts {
+            let host = LanHost {
+                netns: format!("ca-lan-{pid}-{i}"),
+                host_if: format!("ca{pid}l{i}"),
+                peer_if: format!("ca{pid}m{i}"),
+                ip: Ipv4Addr::new(198, 19, c, 10 + i as u8),
+            };
+            let (ns, h, p) = (
+                host.netns.clone(),
+                host.host_if.clone(),
+                host.peer_if.clone(),
+            );
+            run("ip", &["netns", "add", &ns])?;
+            lan.hosts.push(host);
+            run(
+                "ip",
+                &[
+                    "link", "add", &h, "type", "veth", "peer", "name", &p, "netns", &ns,
+                ],
+            )?;
+            run("ip", &["link", "set", &h, "master", &br])?;
+            run("ip", &["link", "set", &h, "up"])?;
+            let cidr = format!("{}/24", lan.hosts[i].ip);
+            run("ip", &["-n", &ns, "addr", "add", &cidr, "dev", &p])?;
+            run("ip", &["-n", &ns, "link", "set", &p, "up"])?;
+            run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(lan)
+    }
+
+    pub fn host(&self, i: usize) -> &LanHost {
+        &self.hosts[i]
+    }
+
+    /// The argv prefix that runs a program on host `i`.
+    pub fn on(&self, i: usize) -> Vec<String> {
+        vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            self.hosts[i].netns.clone(),
+        ]
+    }
+
+    /// Cuts host `i` off the LAN (`true`) or plugs it back in.
+    pub fn cut(&self, i: usize, cut: bool) {
+        let state = if cut { "down" } else { "up" };
+        let h = &self.hosts[i];
+        run("ip", &["-n", &h.netns, "link", "set", &h.peer_if, state]).unwrap();
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for h in &self.hosts {
+            let _ = run("ip", &["netns", "del", &h.netns]);
+            let _ = run("ip", &["link", "del", &h.host_if]);
+        }
+        let _ = run("ip", &["link", "del", &self.bridge]);
+    }
+}

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use super::policy::{apply, has_quorum, plan, Change, MemberView, Targets};
+use super::policy::{
+    apply, has_quorum, plan, plan_for_leader, Change, MemberView, Targets, CANNOT_WRITE_WEIGHT,
+};
+use crate::dqlite::client::Assigned;
 use crate::dqlite::{Client, NodeInfo, Role};
 
 #[derive(Debug, Clone)]
@@ -73,12 +76,15 @@ pub async fn snapshot(
             // The 1.11 protocol does not expose replication progress; a member that answers
             // is treated as able to catch up (raft catches it up before it votes).
             caught_up: meta.is_some(),
+            cannot_write: meta.is_some_and(|m| m.weight == CANNOT_WRITE_WEIGHT),
         })
         .collect()
 }
 
 /// One round on the leader: apply changes until the plan is empty. Returns how many were
-/// applied; `Ok(None)` if this node is not the leader.
+/// applied; `Ok(None)` if this node is not the leader. Each change is made on the leader and
+/// configuration it was planned on ([`Client::assign_planned`]); one that can no longer be
+/// (leadership or configuration moved on) ends the round, and the next one plans afresh.
 pub async fn adjust_once(
     client: &Arc<Client>,
     own_id: u64,
@@ -86,30 +92,41 @@ pub async fn adjust_once(
 ) -> Result<Option<usize>, String> {
     let mut applied = 0;
     loop {
-        let leader = client.leader().await.map_err(|e| e.to_string())?;
-        if leader.id != own_id {
+        let basis = client.plan_basis().await.map_err(|e| e.to_string())?;
+        if basis.leader.id != own_id {
             return Ok(None);
         }
-        let nodes = client.cluster().await.map_err(|e| e.to_string())?;
-        let views = snapshot(client, &nodes, cfg).await;
-        let changes = plan(&views, own_id, cfg.targets);
+        let views = snapshot(client, &basis.config, cfg).await;
+        if !has_quorum(&views) {
+            // Cut off from the majority: this view is the minority's; change nothing.
+            tracing::debug!("no majority of voters answers this leader; no role changes");
+            return Ok(Some(applied));
+        }
+        let changes = plan_for_leader(&views, own_id, cfg.targets);
         let Some(change) = changes.first() else {
             return Ok(Some(applied));
         };
         if applied >= MAX_CHANGES_PER_ROUND {
             return Ok(Some(applied));
         }
-        let address = nodes
+        let address = basis
+            .config
             .iter()
             .find(|n| n.id == change.id)
             .map(|n| n.address.clone())
             .unwrap_or_default();
         tracing::info!(id = change.id, %address, role = %change.role, "assigning role");
-        client
-            .assign(change.id, change.role)
+        match client
+            .assign_planned(&basis, change.id, change.role)
             .await
-            .map_err(|e| format!("assign {} to {address}: {e}", change.role))?;
-        applied += 1;
+            .map_err(|e| format!("assign {} to {address}: {e}", change.role))?
+        {
+            Assigned::Applied => applied += 1,
+            Assigned::Dropped(why) => {
+                tracing::info!(id = change.id, %address, role = %change.role, reason = %why, "role change dropped: planned on a leader or configuration that moved on");
+                return Ok(Some(applied));
+            }
+        }
     }
 }
 
@@ -301,6 +318,7 @@ pub async fn handover(
                         weight: probe.map_or(u64::MAX, |v| v.weight),
                         alive,
                         caught_up: alive,
+                        cannot_write: false,
                     }
                 })
                 .collect()

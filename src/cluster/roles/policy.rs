@@ -7,6 +7,10 @@
 //! - preference: a domain not yet covered, then the member's current role (no churn), then
 //!   lower weight, then lower id — so equal inputs give equal outputs, whatever their order;
 //! - a dead member keeps its role until a live replacement takes it; the leader keeps voting;
+//! - a member that cannot write (its agent says so through its weight,
+//!   [`CANNOT_WRITE_WEIGHT`]) is never promoted, and a voter that cannot write is replaced;
+//! - a leader that cannot reach a majority of the voters changes nothing (its view is the
+//!   minority's: whatever it decided would be wrong, and it could not commit it anyway);
 //! - changes are ordered so that quorum (live voters > half the voters) is never lost:
 //!   promotions to voter first, then voter demotions (dead ones first), then stand-bys.
 
@@ -25,7 +29,14 @@ pub struct MemberView {
     pub alive: bool,
     /// Close enough to the leader's log to vote without stalling commits.
     pub caught_up: bool,
+    /// Its agent reports that it cannot write (a full disk, a failing one).
+    pub cannot_write: bool,
 }
+
+/// The election weight an agent gives its member while the member cannot write. Weight is
+/// the one value every member reports about itself (DESCRIBE) and nothing else uses this
+/// high; go-dqlite's own adjuster just prefers members with a lower one.
+pub const CANNOT_WRITE_WEIGHT: u64 = u64::MAX - 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Targets {
@@ -90,13 +101,39 @@ fn odd_at_most(n: usize) -> usize {
     }
 }
 
-/// The role changes that bring `members` to the policy, in a quorum-safe order.
+/// What the leader's driver applies: [`plan`], unless a majority of the voters does not
+/// answer this leader (its view is the minority's).
+pub fn plan_for_leader(members: &[MemberView], leader: u64, targets: Targets) -> Vec<Change> {
+    if !has_quorum(members) {
+        return Vec::new();
+    }
+    plan(members, leader, targets)
+}
+
+/// The role changes that bring `members` to the policy, in a quorum-safe order (also used
+/// on a cluster as it will be without a leaving member, which may not have a majority yet).
 pub fn plan(members: &[MemberView], leader: u64, targets: Targets) -> Vec<Change> {
     let target_voters = odd_at_most(targets.voters.max(1));
-    let eligible: Vec<&MemberView> = members
+    let can_vote = |m: &&MemberView| m.alive && (m.caught_up || m.role == Role::Voter);
+    // A voter that cannot write is replaced only when healthy members can fill the same
+    // number of votes; until then it keeps voting (as a dead voter keeps its role).
+    let healthy: Vec<&MemberView> = members
         .iter()
-        .filter(|m| m.alive && (m.caught_up || m.role == Role::Voter))
+        .filter(can_vote)
+        .filter(|m| !m.cannot_write)
         .collect();
+    let with_failing_voters: Vec<&MemberView> = members
+        .iter()
+        .filter(can_vote)
+        .filter(|m| !m.cannot_write || m.role == Role::Voter)
+        .collect();
+    let eligible = if odd_at_most(target_voters.min(healthy.len()))
+        >= odd_at_most(target_voters.min(with_failing_voters.len()))
+    {
+        healthy
+    } else {
+        with_failing_voters
+    };
     let current_voters: Vec<&MemberView> =
         members.iter().filter(|m| m.role == Role::Voter).collect();
     let want = odd_at_most(target_voters.min(eligible.len()));

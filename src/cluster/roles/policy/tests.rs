@@ -9,6 +9,7 @@ fn m(id: u64, role: Role, domain: u64, alive: bool) -> MemberView {
         weight: 0,
         alive,
         caught_up: true,
+        cannot_write: false,
     }
 }
 
@@ -160,22 +161,93 @@ fn lower_weight_wins_ties() {
     );
 }
 
+#[test]
+fn a_leader_without_a_majority_changes_nothing() {
+    // The cut leader's view: the two other voters look dead, spares look fine.
+    let members = vec![
+        m(1, Role::Voter, 1, true),
+        m(2, Role::Voter, 2, false),
+        m(3, Role::Voter, 3, false),
+        m(4, Role::Spare, 1, true),
+        m(5, Role::Spare, 2, true),
+    ];
+    assert_eq!(plan_for_leader(&members, 1, Targets::default()), vec![]);
+}
+
+fn failing(mut member: MemberView) -> MemberView {
+    member.cannot_write = true;
+    member.weight = CANNOT_WRITE_WEIGHT;
+    member
+}
+
+#[test]
+fn a_member_that_cannot_write_is_not_promoted_and_a_failing_voter_is_replaced() {
+    let members = vec![
+        m(1, Role::Voter, 1, true),
+        m(2, Role::Voter, 2, true),
+        failing(m(3, Role::Voter, 3, true)),
+        m(4, Role::Spare, 3, true),
+        failing(m(5, Role::Spare, 3, true)),
+    ];
+    let changes = plan(&members, 1, Targets::default());
+    assert_eq!(
+        changes[0],
+        Change {
+            id: 4,
+            role: Role::Voter
+        },
+        "{changes:?}"
+    );
+    assert!(
+        changes.contains(&Change {
+            id: 3,
+            role: Role::StandBy
+        }) || changes.contains(&Change {
+            id: 3,
+            role: Role::Spare
+        }),
+        "{changes:?}"
+    );
+    assert!(!changes.iter().any(|c| c.id == 5 && c.role == Role::Voter));
+    // Without a healthy replacement the failing voter keeps its vote.
+    let members = vec![
+        m(1, Role::Voter, 1, true),
+        m(2, Role::Voter, 2, true),
+        failing(m(3, Role::Voter, 3, true)),
+    ];
+    assert_eq!(plan(&members, 1, Targets::default()), vec![]);
+}
+
 fn arb_members() -> impl Strategy<Value = Vec<MemberView>> {
     prop::collection::vec(
-        (0u8..3, 0u64..4, 0u64..3, any::<bool>(), any::<bool>()),
+        (
+            0u8..3,
+            0u64..4,
+            0u64..3,
+            any::<bool>(),
+            any::<bool>(),
+            prop::bool::weighted(0.15),
+        ),
         1..9,
     )
     .prop_map(|v| {
         v.into_iter()
             .enumerate()
-            .map(|(i, (role, domain, weight, alive, caught_up))| MemberView {
-                id: i as u64 + 1,
-                role: Role::ALL[role as usize],
-                failure_domain: domain,
-                weight,
-                alive,
-                caught_up,
-            })
+            .map(
+                |(i, (role, domain, weight, alive, caught_up, cannot_write))| MemberView {
+                    id: i as u64 + 1,
+                    role: Role::ALL[role as usize],
+                    failure_domain: domain,
+                    weight: if cannot_write {
+                        CANNOT_WRITE_WEIGHT
+                    } else {
+                        weight
+                    },
+                    alive,
+                    caught_up,
+                    cannot_write,
+                },
+            )
             .collect()
     })
 }
@@ -224,6 +296,22 @@ proptest! {
     }
 
     #[test]
+    fn never_promotes_a_member_that_cannot_write(members in arb_members()) {
+        let Some(leader) = leader_of(&members) else { return Ok(()) };
+        for c in plan(&members, leader, Targets::default()) {
+            let m = members.iter().find(|m| m.id == c.id).unwrap();
+            prop_assert!(!(m.cannot_write && c.role == Role::Voter && m.role != Role::Voter), "{c:?} {members:?}");
+        }
+    }
+
+    #[test]
+    fn nothing_changes_without_a_majority(members in arb_members()) {
+        prop_assume!(!has_quorum(&members));
+        let Some(leader) = leader_of(&members) else { return Ok(()) };
+        prop_assert!(plan_for_leader(&members, leader, Targets::default()).is_empty());
+    }
+
+    #[test]
     fn deterministic_whatever_the_input_order(members in arb_members(), seed in any::<u64>()) {
         let Some(leader) = leader_of(&members) else { return Ok(()) };
         let mut shuffled = members.clone();
@@ -246,7 +334,7 @@ proptest! {
 
     #[test]
     fn spreads_voters_over_three_domains(members in arb_members()) {
-        let all_alive: Vec<MemberView> = members.iter().cloned().map(|mut m| { m.alive = true; m.caught_up = true; m }).collect();
+        let all_alive: Vec<MemberView> = members.iter().cloned().map(|mut m| { m.alive = true; m.caught_up = true; m.cannot_write = false; m.weight = m.weight.min(2); m }).collect();
         let Some(leader) = leader_of(&all_alive) else { return Ok(()) };
         let domains: BTreeSet<u64> = all_alive.iter().map(|m| m.failure_domain).collect();
         prop_assume!(domains.len() >= 3 && all_alive.len() >= 3);
