@@ -50,6 +50,9 @@ impl std::fmt::Display for Degraded {
 #[derive(Debug, Default)]
 pub struct LocalHealth {
     degraded: RwLock<Option<Degraded>>,
+    /// A write failed since this process started: raft does not recover from a failed
+    /// write without a restart (its storage stays in error), so neither does this health.
+    write_failed: std::sync::atomic::AtomicBool,
 }
 
 impl LocalHealth {
@@ -102,6 +105,20 @@ pub async fn measure(node: &Node) -> Option<Degraded> {
         .await
         .ok()
         .flatten();
+    let health = node.health();
+    if disk.is_some() {
+        health
+            .write_failed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let disk = disk.or_else(|| {
+        health
+            .write_failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| {
+                "its disk failed it earlier and raft does not recover from a failed write: restart the member (this daemon; inside the snap, k8s-dqlite and this daemon) once the disk has room".to_string()
+            })
+    });
     // Say so to the cluster (again each time: the member forgets its weight on restart).
     let weight = if disk.is_some() {
         CANNOT_WRITE_WEIGHT
