@@ -384,3 +384,52 @@ fn a_join_refused_on_the_joining_side_keeps_the_token() {
         text(&out.stderr)
     );
 }
+
+/// Quorum lost (two of three voters killed): `status` on the survivor answers in time, exit
+/// 4 in every format, says `quorum lost: 1 of 3 voters reachable` and lists which members
+/// answer (the last configuration it saw).
+#[test]
+fn status_with_quorum_lost_answers_in_time_and_says_who_answers() {
+    let cluster = TestCluster::start(3);
+    let [a, mut b, mut c] = cluster.into_nodes();
+    eventually("three live voters", Duration::from_secs(60), || {
+        (live_voters(&a.status_json()?) == 3).then_some(())
+    });
+    b.kill();
+    c.kill();
+    for format in ["pretty", "yaml", "json"] {
+        let started = std::time::Instant::now();
+        let out = cli(&a, &["status", "--format", format]);
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(6), "{format}: took {took:?}");
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "{format}: {}",
+            text(&out.stderr)
+        );
+        let printed = text(&out.stdout);
+        assert!(
+            printed.contains("quorum lost: 1 of 3 voters reachable"),
+            "{format}: {printed}"
+        );
+        assert!(printed.contains(&dqlite_addr(&b)), "{format}: {printed}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&cli(&a, &["status", "--format", "json"]).stdout).unwrap();
+    assert_eq!(report["condition"], "unavailable");
+    // (From a leader that has not noticed yet, or from the last configuration this node
+    // saw: either way every member is probed now.)
+    let answering: Vec<(String, bool)> = members(&report)
+        .into_iter()
+        .map(|(addr, _, up)| (addr, up))
+        .collect();
+    assert!(
+        answering.contains(&(dqlite_addr(&a), true)),
+        "{answering:?}"
+    );
+    assert!(
+        answering.contains(&(dqlite_addr(&b), false)),
+        "{answering:?}"
+    );
+}

@@ -140,7 +140,9 @@ pub fn render(report: &StatusReport, format: Format) -> String {
             ));
             if let Some(e) = &report.error {
                 out.push_str(&format!("datastore: unavailable ({e})\n"));
-                return out;
+                if report.members.is_empty() {
+                    return out;
+                }
             }
             match report.condition {
                 Condition::Healthy => out.push_str("datastore: healthy\n"),
@@ -150,7 +152,11 @@ pub fn render(report: &StatusReport, format: Format) -> String {
                     report.reasons.join("; ")
                 )),
             }
-            out.push_str("datastore members:\n");
+            if report.last_known {
+                out.push_str("datastore members (no leader answers: the last configuration this node saw, roles as of then):\n");
+            } else {
+                out.push_str("datastore members:\n");
+            }
             let width = report
                 .members
                 .iter()
@@ -243,6 +249,7 @@ mod tests {
             high_availability: false,
             condition: Condition::Healthy,
             reasons: Vec::new(),
+            last_known: false,
             worker: false,
             members,
             error: None,

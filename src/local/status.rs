@@ -62,6 +62,10 @@ pub struct StatusReport {
     /// on whether or not the command that started it is still there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<InProgress>,
+    /// No leader answered: `members` is the last configuration this node saw
+    /// (`cluster.yaml`; roles as of then), each member probed now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub last_known: bool,
     /// The cluster answered but does not list this node's own member: it was removed
     /// (`remove-node --force`) or a leave did not finish. `leave` resets it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -77,12 +81,6 @@ pub fn assess(report: &StatusReport) -> (Condition, Vec<String>) {
     if report.worker {
         return (Condition::Healthy, Vec::new());
     }
-    if let Some(e) = &report.error {
-        return (
-            Condition::Unavailable,
-            vec![format!("the membership could not be read: {e}")],
-        );
-    }
     let voters = report.members.iter().filter(|m| m.role == "voter").count();
     let live_voters = report
         .members
@@ -90,11 +88,22 @@ pub fn assess(report: &StatusReport) -> (Condition, Vec<String>) {
         .filter(|m| m.role == "voter" && m.reachable)
         .count();
     if voters > 0 && live_voters * 2 <= voters {
+        let mut reasons = vec![format!(
+            "quorum lost: {live_voters} of {voters} voters reachable"
+        )];
+        reasons.extend(
+            report
+                .members
+                .iter()
+                .filter(|m| !m.reachable)
+                .map(|m| format!("{} ({}) does not answer", m.address, m.role)),
+        );
+        return (Condition::Unavailable, reasons);
+    }
+    if let Some(e) = &report.error {
         return (
             Condition::Unavailable,
-            vec![format!(
-                "quorum lost: {live_voters} of {voters} voters reachable"
-            )],
+            vec![format!("the membership could not be read: {e}")],
         );
     }
     let mut reasons: Vec<String> = report
@@ -140,23 +149,30 @@ async fn gather(node: &Node) -> StatusReport {
         members: Vec::new(),
         error: None,
         operation: node.operations().current(),
+        last_known: false,
         not_a_member: false,
     };
     let members = match tokio::time::timeout(MEMBERS_TIMEOUT, node.datastore().members()).await {
         Ok(Ok(m)) => m,
-        Ok(Err(e)) => {
-            report.error = Some(e.to_string());
-            return report;
-        }
-        Err(_) => {
-            report.error = Some(format!(
-                "no leader answered within {}s",
-                MEMBERS_TIMEOUT.as_secs()
-            ));
-            return report;
+        failed => {
+            report.error = Some(match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no leader answered within {}s", MEMBERS_TIMEOUT.as_secs()),
+            });
+            // Say what is known: the last configuration this node saw, each member probed.
+            let known = crate::dqlite::files::read_cluster(&node.state().layout().backend_dir())
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            if known.is_empty() || report.worker {
+                return report;
+            }
+            report.last_known = true;
+            known.into_iter().map(Into::into).collect()
         }
     };
     report.not_a_member = !report.worker
+        && !report.last_known
         && !members.is_empty()
         && own_member_id(node).is_some_and(|own| !members.iter().any(|m| m.id == own));
     // The leader is asked while the members are probed: the whole answer takes at most

@@ -172,12 +172,12 @@ impl Lan {
     pub fn new(hosts: usize) -> Result<Lan, LinkError> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        if n >= 8 {
-            return Err(LinkError("at most 8 LANs per process".into()));
+        if n >= 16 {
+            return Err(LinkError("at most 16 LANs per process".into()));
         }
         let pid = std::process::id() % 100_000;
-        // One /24 per LAN: 8 per process, 16 processes' worth in 198.19.128.0/17.
-        let c = 128 + ((std::process::id() % 16) * 8 + n) as u8;
+        // One /24 per LAN: 16 per process, 8 processes' worth in 198.19.128.0/17.
+        let c = 128 + ((std::process::id() % 8) * 16 + n) as u8;
         let routes = Command::new("ip")
             .args(["-4", "route", "show", "root", &format!("198.19.{c}.0/24")])
             .output()
@@ -188,7 +188,7 @@ impl Lan {
             )));
         }
         let mut lan = Lan {
-            bridge: format!("cabr{pid}{n}"),
+            bridge: format!("cabr{pid}{n:x}"),
             hosts: Vec::new(),
         };
         let br = lan.bridge.clone();
@@ -201,8 +201,8 @@ impl Lan {
         for i in 0..hosts {
             let host = LanHost {
                 netns: format!("ca-lan-{pid}-{n}-{i}"),
-                host_if: format!("ca{pid}{n}l{i}"),
-                peer_if: format!("ca{pid}{n}m{i}"),
+                host_if: format!("ca{pid}{n:x}l{i}"),
+                peer_if: format!("ca{pid}{n:x}m{i}"),
                 ip: Ipv4Addr::new(198, 19, c, 10 + i as u8),
             };
             let (ns, h, p) = (
