@@ -432,4 +432,36 @@ fn status_with_quorum_lost_answers_in_time_and_says_who_answers() {
         answering.contains(&(dqlite_addr(&b), false)),
         "{answering:?}"
     );
+
+    // add-node, leave and remove-node refuse in time, exit 4, and change nothing.
+    let before = snapshot(&a.state);
+    let removed = dqlite_addr(&b);
+    for args in [
+        vec!["add-node"],
+        vec!["leave"],
+        vec!["remove-node", removed.as_str()],
+        vec!["remove-node", removed.as_str(), "--force"],
+    ] {
+        let started = std::time::Instant::now();
+        let out = cli(&a, &args);
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(8), "{args:?}: took {took:?}");
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("quorum lost: 1 of 3 voters reachable"),
+            "{args:?}: {err}"
+        );
+    }
+    let after = snapshot(&a.state);
+    let changed: Vec<&String> = after
+        .keys()
+        .filter(|k| before.get(*k) != after.get(*k) && !k.starts_with("var/kubernetes/backend/"))
+        .collect();
+    assert!(changed.is_empty(), "{changed:?}");
 }

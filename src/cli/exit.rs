@@ -20,7 +20,8 @@ pub const DATASTORE_UNCHANGED: u8 = 5;
 pub const REFUSED: u8 = 6;
 /// `status`: the datastore is degraded (a member does not answer, or this node is not one).
 pub const STATUS_DEGRADED: u8 = 3;
-/// `status`: the datastore is unavailable (no membership answer, or quorum lost).
+/// `status`: the datastore is unavailable (no membership answer, or quorum lost); `add-node`,
+/// `leave`, `remove-node`: refused for that reason, nothing changed.
 pub const STATUS_UNAVAILABLE: u8 = 4;
 /// The command was interrupted (128 + SIGINT, as shells report it); the daemon goes on.
 pub const INTERRUPTED: u8 = 130;
@@ -35,7 +36,9 @@ pub fn code(kind: ErrorKind) -> u8 {
         LeaveDatastoreUnchanged | RemoveDatastoreUnchanged => DATASTORE_UNCHANGED,
         Interrupted => INTERRUPTED,
         StatusDegraded => STATUS_DEGRADED,
-        StatusUnavailable => STATUS_UNAVAILABLE,
+        StatusUnavailable | AddNodeQuorumLost | LeaveQuorumLost | RemoveQuorumLost => {
+            STATUS_UNAVAILABLE
+        }
         AddNodeBadToken
         | AddNodeOnWorker
         | JoinInvalidConnection
@@ -98,10 +101,10 @@ pub const STATUS_HELP: &str = "Exit codes (the same whatever the format): 0 heal
 pub const APISERVER_PROXY_HELP: &str = "Exit codes: 0 stopped by SIGTERM/SIGINT after the drain, 1 a file is unreadable or malformed or the port cannot be bound, 2 usage.";
 pub const INIT_HELP: &str = "Exit codes: 0 applied, 1 refused (nothing was changed) or failed (the message names the step), 2 usage.";
 pub const TOKEN_HELP: &str = "Exit codes: 0 done, 1 failure (revoke: an id that names no usable token; nothing was revoked), 2 usage.";
-pub const ADD_NODE_HELP: &str = "Exit codes: 0 token issued, 1 failure, 2 usage.";
+pub const ADD_NODE_HELP: &str = "Exit codes: 0 token issued, 1 failure, 2 usage, 4 the datastore is unavailable (quorum lost): no token issued.";
 pub const JOIN_HELP: &str = "Exit codes: 0 joined, 1 failure, 2 usage, 4 server identity not verified, 6 join refused by the server, 130 interrupted (the daemon goes on; see `status`).";
-pub const LEAVE_HELP: &str = "Exit codes: 0 left, 1 failure, 2 usage, 3 this node holds the only copy of the datastore, 5 the cluster did not remove this node (still a member; its role may have been handed over), 130 interrupted (the daemon goes on; see `status`).";
-pub const REMOVE_NODE_HELP: &str = "Exit codes: 0 removed, 1 refused or failed, 2 usage, 5 the cluster did not remove the member (nothing changed), 130 interrupted (the daemon goes on; see `status`).";
+pub const LEAVE_HELP: &str = "Exit codes: 0 left, 1 failure, 2 usage, 3 this node holds the only copy of the datastore, 4 the datastore is unavailable (quorum lost): nothing changed, 5 the cluster did not remove this node (still a member; its role may have been handed over), 130 interrupted (the daemon goes on; see `status`).";
+pub const REMOVE_NODE_HELP: &str = "Exit codes: 0 removed, 1 refused or failed, 2 usage, 4 the datastore is unavailable (quorum lost): nothing changed, 5 the cluster did not remove the member (nothing changed), 130 interrupted (the daemon goes on; see `status`).";
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,9 @@ pub enum AddNodeError {
     BadToken(String),
     #[error("This MicroK8s deployment is acting as a node in a cluster. Please use the microk8s add-node on the master.")]
     OnWorker,
+    /// No node could join now: no leader answers, or too few voters for a quorum.
+    #[error("The cluster's datastore is unavailable ({0}): a node could not join it now, so no token was issued. `cluster-agent status` shows which members answer.")]
+    QuorumLost(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -27,6 +30,7 @@ impl Refusal for AddNodeError {
         match self {
             AddNodeError::BadToken(_) => ErrorKind::AddNodeBadToken,
             AddNodeError::OnWorker => ErrorKind::AddNodeOnWorker,
+            AddNodeError::QuorumLost(_) => ErrorKind::AddNodeQuorumLost,
             AddNodeError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -97,6 +101,9 @@ pub fn advertised(bind_ip: IpAddr, default_ip: Option<IpAddr>, all: &[IpAddr]) -
 }
 
 pub async fn add_node(node: &Node, req: AddNodeRequest) -> Result<AddNodeResponse, AddNodeError> {
+    if let Some(why) = crate::local::status::unavailable(node).await {
+        return Err(AddNodeError::QuorumLost(why));
+    }
     let new = NewToken {
         lifetime: match (req.persistent, req.ttl) {
             (true, _) => Lifetime::Persistent,

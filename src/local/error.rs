@@ -14,6 +14,8 @@ pub enum ErrorKind {
     AddNodeBadToken,
     /// `add-node` on a worker.
     AddNodeOnWorker,
+    /// `add-node` while the datastore is unavailable (no token issued).
+    AddNodeQuorumLost,
     JoinInvalidConnection,
     /// Node labels or taints Kubernetes would refuse.
     JoinBadRegistration,
@@ -49,6 +51,8 @@ pub enum ErrorKind {
     LeaveOnlyVoter,
     LeaveWouldLoseQuorum,
     LeaveMembershipUnreadable,
+    /// The datastore is unavailable: nothing was removed.
+    LeaveQuorumLost,
     /// The role handover failed: nothing was removed.
     LeaveHandoverFailed,
     /// The cluster did not take this member out: nothing changed.
@@ -60,6 +64,8 @@ pub enum ErrorKind {
     RemoveOnWorker,
     RemoveNoNodeGiven,
     RemoveMembershipUnreadable,
+    /// The datastore is unavailable: nothing was removed.
+    RemoveQuorumLost,
     RemoveIsThisNode,
     RemoveNotMember,
     RemoveNeedsForce,
@@ -91,6 +97,7 @@ impl ErrorKind {
     pub const ALL: &'static [ErrorKind] = &[
         ErrorKind::AddNodeBadToken,
         ErrorKind::AddNodeOnWorker,
+        ErrorKind::AddNodeQuorumLost,
         ErrorKind::JoinInvalidConnection,
         ErrorKind::JoinBadRegistration,
         ErrorKind::JoinAlreadyWorker,
@@ -114,6 +121,7 @@ impl ErrorKind {
         ErrorKind::LeaveOnlyVoter,
         ErrorKind::LeaveWouldLoseQuorum,
         ErrorKind::LeaveMembershipUnreadable,
+        ErrorKind::LeaveQuorumLost,
         ErrorKind::LeaveHandoverFailed,
         ErrorKind::LeaveDatastoreUnchanged,
         ErrorKind::LeaveResetFailed,
@@ -121,6 +129,7 @@ impl ErrorKind {
         ErrorKind::RemoveOnWorker,
         ErrorKind::RemoveNoNodeGiven,
         ErrorKind::RemoveMembershipUnreadable,
+        ErrorKind::RemoveQuorumLost,
         ErrorKind::RemoveIsThisNode,
         ErrorKind::RemoveNotMember,
         ErrorKind::RemoveNeedsForce,

@@ -37,6 +37,9 @@ pub enum LeaveError {
     WouldLoseQuorum { live_voters: usize, voters: usize },
     #[error("Cannot read the cluster membership: {0}")]
     MembershipUnreadable(String),
+    /// No leader answers, or too few voters for a quorum: nothing can be removed.
+    #[error("The cluster's datastore is unavailable ({0}). Nothing was changed. `cluster-agent status` shows which members answer; bring the missing voters back (or recover the cluster) first.")]
+    QuorumLost(String),
     /// The handover could not be finished, so whether the others keep a quorum without
     /// this member is not known: nothing was removed.
     #[error("Handing this member's role over failed ({0}); it was not removed from the cluster. Retry the leave once the cluster is healthy.")]
@@ -75,6 +78,7 @@ impl Refusal for LeaveError {
             LeaveError::OnlyVoter => ErrorKind::LeaveOnlyVoter,
             LeaveError::WouldLoseQuorum { .. } => ErrorKind::LeaveWouldLoseQuorum,
             LeaveError::MembershipUnreadable(_) => ErrorKind::LeaveMembershipUnreadable,
+            LeaveError::QuorumLost(_) => ErrorKind::LeaveQuorumLost,
             LeaveError::HandoverFailed(_) => ErrorKind::LeaveHandoverFailed,
             LeaveError::DatastoreUnchanged { .. } => ErrorKind::LeaveDatastoreUnchanged,
             LeaveError::OutcomeUnknown(_) => ErrorKind::OutcomeUnknown,
@@ -119,6 +123,10 @@ pub async fn leave(node: &Node) -> Result<LeaveResponse, LeaveError> {
 /// member, or the one k8s-dqlite hosts (which is then stopped, reset and started again).
 async fn leave_control_plane(node: &Node, ticket: &Ticket) -> Result<LeaveResponse, LeaveError> {
     let live = node.own_member().ok_or(LeaveError::NotClustered)?;
+    ticket.step("checking the datastore");
+    if let Some(why) = crate::local::status::unavailable(node).await {
+        return Err(LeaveError::QuorumLost(why));
+    }
     // k8s-dqlite's fresh member keeps this member's address.
     let member_address = node
         .settings()

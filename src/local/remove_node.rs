@@ -22,6 +22,9 @@ pub enum RemoveError {
     NoNodeGiven,
     #[error("Cannot read the datastore membership: {0}")]
     MembershipUnreadable(String),
+    /// No leader answers, or too few voters for a quorum: nothing can be removed.
+    #[error("The cluster's datastore is unavailable ({0}). Nothing was changed. `cluster-agent status` shows which members answer; bring the missing voters back (or recover the cluster) first.")]
+    QuorumLost(String),
     #[error("{0} is this node. Run 'leave' on it instead.")]
     IsThisNode(String),
     #[error("Node {node} is not part of the cluster. ({detail})")]
@@ -53,6 +56,7 @@ impl Refusal for RemoveError {
             RemoveError::OnWorker => ErrorKind::RemoveOnWorker,
             RemoveError::NoNodeGiven => ErrorKind::RemoveNoNodeGiven,
             RemoveError::MembershipUnreadable(_) => ErrorKind::RemoveMembershipUnreadable,
+            RemoveError::QuorumLost(_) => ErrorKind::RemoveQuorumLost,
             RemoveError::IsThisNode(_) => ErrorKind::RemoveIsThisNode,
             RemoveError::NotMember { .. } => ErrorKind::RemoveNotMember,
             RemoveError::NeedsForce { .. } => ErrorKind::RemoveNeedsForce,
@@ -117,6 +121,10 @@ pub async fn remove_node(
         return Err(RemoveError::NoNodeGiven);
     }
     let ticket = crate::local::error::begin::<RemoveError>(node, "remove-node")?;
+    ticket.step("checking the datastore");
+    if let Some(why) = crate::local::status::unavailable(node).await {
+        return Err(RemoveError::QuorumLost(why));
+    }
     ticket.step(&format!("removing {}", req.node.trim()));
     let (ips, id) = match parse_node_ref(&req.node) {
         NodeRef::Ip(ip) => (vec![ip], None),

@@ -214,6 +214,16 @@ async fn gather(node: &Node) -> StatusReport {
     report
 }
 
+/// Why no membership change can be made now, if the datastore is unavailable (no leader
+/// answers, or too few voters for a quorum): what `status` would say, within its bound.
+pub async fn unavailable(node: &Node) -> Option<String> {
+    if node.state().has_marker("clustered.lock") || node.own_member().is_none() {
+        return None;
+    }
+    let report = status(node).await;
+    (report.condition == Condition::Unavailable).then(|| report.reasons.join("; "))
+}
+
 /// The id of this node's own dqlite member: the running embedded member's, else the one in
 /// `info.yaml` (k8s-dqlite's).
 pub fn own_member_id(node: &Node) -> Option<u64> {
