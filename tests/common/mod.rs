@@ -216,9 +216,18 @@ impl Node {
         (status, start.elapsed())
     }
 
-    /// Starts the daemon again on the same address, state directory and flags (after
-    /// `terminate` or `kill`) and waits for /health.
+    /// Starts the daemon again on the same address, state directory and flags (stopping it
+    /// first if it still runs) and waits for /health.
     pub fn restart(&mut self) {
+        // A daemon still running is stopped first: two on one address would race, and the
+        // old one's /health could answer for the new.
+        let running = self
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        if running {
+            self.terminate();
+        }
         self.spawn(&[]);
         self.wait_healthy();
     }
