@@ -1011,46 +1011,6 @@ fn add_node_without_a_daemon_says_so() {
     assert!(!err.contains("panicked"));
 }
 
-#[test]
-fn first_join_moves_a_loopback_k8s_dqlite_to_a_routable_address() {
-    // External datastore (inside the snap): k8s-dqlite starts on 127.0.0.1:19001. The test
-    // plays k8s-dqlite: it consumes update.yaml and rewrites cluster.yaml, as k8s-dqlite does
-    // on restart.
-    let api = Api::start_with(&["--service-manager", "none"]);
-    api.write(
-        "var/kubernetes/backend/info.yaml",
-        "Address: 127.0.0.1:19001\nID: 1\nRole: 0\n",
-    );
-    api.write(
-        "var/kubernetes/backend/cluster.yaml",
-        "- Address: 127.0.0.1:19001\n  ID: 1\n  Role: 0\n",
-    );
-    let backend = api.node.state.join("var/kubernetes/backend");
-    let fake = std::thread::spawn(move || {
-        let update = backend.join("update.yaml");
-        let text = eventually("update.yaml", Duration::from_secs(30), || {
-            std::fs::read_to_string(&update).ok()
-        });
-        let address = text.trim().strip_prefix("Address: ").unwrap().to_string();
-        std::fs::write(
-            backend.join("cluster.yaml"),
-            format!("- Address: {address}\n  ID: 1\n  Role: 0\n"),
-        )
-        .unwrap();
-        std::fs::remove_file(&update).unwrap();
-        address
-    });
-    // No member answers here (the test only plays k8s-dqlite's files), so add-node would
-    // refuse as for a cluster without quorum: the token is stored as add-node stores it.
-    let token = "first-join-token-0123456789abcdef".to_string();
-    api.write("credentials/cluster-tokens.txt", &format!("{token}\n"));
-    let (status, body) = api.post_json(unique_loopback(), JOIN, &api.join_body(&token, false));
-    assert_eq!(status, 200, "{body}");
-    let address = fake.join().unwrap();
-    assert_eq!(address, format!("{}:19001", api.node.ip));
-    assert_eq!(body["voters"], json!([address]));
-}
-
 /// A Python interpreter that has `requests` (MicroK8s's scripts use it): Debian's, which
 /// `.ci/run` gives the package, else whatever `python3` is first on PATH.
 fn python_with_requests() -> Option<&'static str> {

@@ -395,6 +395,7 @@ fn status_with_quorum_lost_answers_in_time_and_says_who_answers() {
     eventually("three live voters", Duration::from_secs(60), || {
         (live_voters(&a.status_json()?) == 3).then_some(())
     });
+    let url = join_url(&a);
     b.kill();
     c.kill();
     for format in ["pretty", "yaml", "json"] {
@@ -464,4 +465,19 @@ fn status_with_quorum_lost_answers_in_time_and_says_who_answers() {
         .filter(|k| before.get(*k) != after.get(*k) && !k.starts_with("var/kubernetes/backend/"))
         .collect();
     assert!(changed.is_empty(), "{changed:?}");
+
+    // A node asking to join is refused in time, and nothing on it changes.
+    let d = Node::start();
+    let before = snapshot(&d.state);
+    let started = std::time::Instant::now();
+    let out = cli(&d, &["join", &url]);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(8), "join took {took:?}");
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("quorum lost: 1 of 3 voters reachable"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(snapshot(&d.state), before);
 }

@@ -41,7 +41,9 @@ impl ApiError {
                 GrantError::Forbidden(_) | GrantError::WrongRole(_) => StatusCode::FORBIDDEN,
                 GrantError::NotHa => StatusCode::NOT_IMPLEMENTED,
                 GrantError::PortMismatch(_) => StatusCode::BAD_GATEWAY,
-                GrantError::SameIp(_) => StatusCode::SERVICE_UNAVAILABLE,
+                GrantError::SameIp(_) | GrantError::Unavailable(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
             },
         }
     }
@@ -58,6 +60,7 @@ impl ApiError {
                 GrantError::InvalidToken | GrantError::Unauthorized(_) => "invalid_token",
                 GrantError::Forbidden(_) => "forbidden",
                 GrantError::WrongRole(_) => "wrong_role",
+                GrantError::Unavailable(_) => "unavailable",
                 GrantError::Internal(_) => "error",
                 _ => "refused",
             },

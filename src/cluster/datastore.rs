@@ -301,6 +301,37 @@ impl Datastore for NodeDatastore {
     }
 }
 
+/// How many voters of `members` answer DESCRIBE within `timeout` (probed in parallel):
+/// `(answering, voters)`. A leader that has not noticed it lost its followers still answers
+/// CLUSTER; this is how a caller learns that no change could be committed now.
+pub async fn voters_answering(
+    ds: &Arc<dyn Datastore>,
+    members: &[Member],
+    timeout: std::time::Duration,
+) -> (usize, usize) {
+    let mut probes = tokio::task::JoinSet::new();
+    let voters: Vec<String> = members
+        .iter()
+        .filter(|m| m.role == Role::Voter)
+        .map(|m| m.address.clone())
+        .collect();
+    for address in voters.clone() {
+        let ds = ds.clone();
+        probes.spawn(async move {
+            tokio::time::timeout(timeout, ds.describe(&address))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        });
+    }
+    let mut answering = 0;
+    while let Some(joined) = probes.join_next().await {
+        if joined.unwrap_or(false) {
+            answering += 1;
+        }
+    }
+    (answering, voters.len())
+}
+
 /// A datastore held in memory, whose members all answer (or, when `unavailable`, none
 /// does); for tests.
 #[derive(Debug, Default)]

@@ -17,6 +17,9 @@ pub enum GrantError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    /// The cluster's datastore cannot take a member now (no leader, or quorum lost).
+    #[error("The cluster's datastore is unavailable ({0}): no node can join it now. Nothing was consumed.")]
+    Unavailable(String),
     /// A valid token that does not admit this kind of node (worker or control plane).
     #[error("{0}")]
     WrongRole(String),

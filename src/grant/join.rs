@@ -16,6 +16,9 @@ use crate::format::wire::{JoinRequest, JoinResponseV1, JoinResponseV2};
 use crate::state::StateDir;
 use crate::sys::blocking::blocking;
 
+/// How long the datastore may take to say who is in it and whether its voters answer.
+const QUORUM_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The substring of `--etcd-servers` that means "the datastore is dqlite".
 const KINE_SOCKET: &str = "/var/kubernetes/backend/kine.sock:12379";
 
@@ -123,7 +126,22 @@ pub async fn join_v2(
     let etcd_servers = apiserver_arg("--etcd-servers");
     let dqlite = etcd_servers.contains(KINE_SOCKET);
     let members = if dqlite {
-        let members = node.datastore().members().await?;
+        let members = tokio::time::timeout(QUORUM_CHECK, node.datastore().members())
+            .await
+            .map_err(|_| {
+                GrantError::Unavailable(format!(
+                    "no datastore leader answered within {}s",
+                    QUORUM_CHECK.as_secs()
+                ))
+            })??;
+        let (answering, voters) =
+            crate::cluster::datastore::voters_answering(&node.datastore(), &members, QUORUM_CHECK)
+                .await;
+        if voters > 0 && answering * 2 <= voters {
+            return Err(GrantError::Unavailable(format!(
+                "quorum lost: {answering} of {voters} voters reachable"
+            )));
+        }
         if members.iter().any(|m| m.is_at(&origin.remote_ip)) {
             return Err(GrantError::Refused(format!(
                 "Failed to retrieve dqlite cluster nodes: the joining node ({remote}) is already known to dqlite"
