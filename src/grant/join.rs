@@ -16,7 +16,10 @@ use crate::format::wire::{JoinRequest, JoinResponseV1, JoinResponseV2};
 use crate::state::StateDir;
 use crate::sys::blocking::blocking;
 
-/// How long the datastore may take to say who is in it and whether its voters answer.
+/// How long the datastore may take to say who is in it (k8s-dqlite's falls back to its
+/// cluster.yaml after 3 s) …
+const MEMBERS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// … and each voter to answer DESCRIBE.
 const QUORUM_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The substring of `--etcd-servers` that means "the datastore is dqlite".
@@ -126,17 +129,22 @@ pub async fn join_v2(
     let etcd_servers = apiserver_arg("--etcd-servers");
     let dqlite = etcd_servers.contains(KINE_SOCKET);
     let members = if dqlite {
-        let members = tokio::time::timeout(QUORUM_CHECK, node.datastore().members())
+        let members = tokio::time::timeout(MEMBERS_WAIT, node.datastore().members())
             .await
             .map_err(|_| {
                 GrantError::Unavailable(format!(
                     "no datastore leader answered within {}s",
-                    QUORUM_CHECK.as_secs()
+                    MEMBERS_WAIT.as_secs()
                 ))
             })??;
-        let (answering, voters) =
+        // Only a node with a member of its own can ask the voters (without one, the list is
+        // the last configuration in cluster.yaml).
+        let (answering, voters) = if node.own_member().is_some() {
             crate::cluster::datastore::voters_answering(&node.datastore(), &members, QUORUM_CHECK)
-                .await;
+                .await
+        } else {
+            (1, 1)
+        };
         if voters > 0 && answering * 2 <= voters {
             return Err(GrantError::Unavailable(format!(
                 "quorum lost: {answering} of {voters} voters reachable"
