@@ -24,52 +24,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::netns::Lan;
-use common::{dqlite_addr, join, leader, live_voters, members, Node};
+use common::{dqlite_addr, five_control_planes_on, leader, live_voters, members, Node};
 
 const RUNS: usize = 3;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
-}
-
-fn five_on(lan: &Lan) -> Vec<Node> {
-    let domains = ["1", "1", "2", "2", "3"];
-    let mut nodes: Vec<Node> = Vec::new();
-    for (i, domain) in domains.iter().enumerate() {
-        let on = lan.on(i);
-        let wrapper: Vec<&str> = on.iter().map(String::as_str).collect();
-        let mut node = Node::launch_through(
-            &wrapper,
-            lan.host(i).ip,
-            tempfile::tempdir().unwrap(),
-            &["--failure-domain", domain],
-            &[],
-        );
-        node.wait_healthy();
-        nodes.push(node);
-    }
-    for i in 1..nodes.len() {
-        join(&nodes[0], &nodes[i], &[]);
-    }
-    wait_until(Duration::from_secs(60), || {
-        nodes[0].status_json().is_some_and(|s| {
-            let m = members(&s);
-            live_voters(&s) == 3
-                && m.len() == 5
-                && m.iter().filter(|(_, r, _)| r == "standby").count() == 2
-        })
-    });
-    nodes
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
 }
 
 fn leader_index(nodes: &[Node]) -> usize {
@@ -169,7 +130,7 @@ fn main() {
         let mut outcomes = Vec::new();
         for _ in 0..RUNS {
             let lan = Lan::new(5).unwrap();
-            let mut nodes = five_on(&lan);
+            let mut nodes = five_control_planes_on(&lan);
             let leader = leader_index(&nodes);
             let victim = if pick_leader {
                 leader

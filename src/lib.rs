@@ -6,17 +6,18 @@
 //!
 //! ```text
 //! util                 addresses, hex, Go durations, error text, secrets
-//! format               args files, kubeconfig, join strings, traefik files, :25000 wire types
+//! format               args files, kubeconfig, join strings, traefik files, :25000 wire types,
+//!                      launch configurations, csr template, node labels
 //! pki                  CA, leaves, fingerprints, rustls configurations
 //! state                the state directory: the only user of std::fs
 //! sys                  service manager, command runner, host identity, clock, resolver
 //! dqlite               wire codec, client, embedded member, membership
 //! clients              pinned peer client, Kubernetes API client
-//! cluster              node, datastore, tokens, bootstrap, roles, calico
+//! cluster              node, datastore, tokens, audit, health, bootstrap, roles, calico
 //! grant | local        what :25000 grants | what the CLI asks of its node
 //! api | control        the :25000 HTTP face | the control socket
 //! proxy                the worker's apiserver-proxy
-//! daemon               wiring
+//! daemon               wiring, launch-configuration watcher
 //! cli                  the command line and the exit-code table
 //! ```
 

@@ -16,40 +16,6 @@ use std::time::{Duration, Instant};
 use common::netns::Lan;
 use common::*;
 
-/// Five control planes in failure domains 1, 1, 2, 2, 3, each on its own host of `lan`,
-/// joined to the first; returns once one of them lists three live voters.
-fn five_on(lan: &Lan) -> Vec<Node> {
-    let domains = ["1", "1", "2", "2", "3"];
-    let mut nodes: Vec<Node> = Vec::new();
-    for (i, domain) in domains.iter().enumerate() {
-        let on = lan.on(i);
-        let wrapper: Vec<&str> = on.iter().map(String::as_str).collect();
-        let mut node = Node::launch_through(
-            &wrapper,
-            lan.host(i).ip,
-            tempfile::tempdir().unwrap(),
-            &["--failure-domain", domain],
-            &[],
-        );
-        node.wait_healthy();
-        nodes.push(node);
-    }
-    for i in 1..nodes.len() {
-        join(&nodes[0], &nodes[i], &[]);
-    }
-    eventually(
-        "three live voters and two stand-bys",
-        Duration::from_secs(60),
-        || {
-            let s = nodes[0].status_json()?;
-            let m = members(&s);
-            let standbys = m.iter().filter(|(_, r, _)| r == "standby").count();
-            (live_voters(&s) == 3 && standbys == 2 && m.len() == 5).then_some(())
-        },
-    );
-    nodes
-}
-
 fn lan(hosts: usize) -> Option<Lan> {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: network namespaces need root");
@@ -113,7 +79,7 @@ fn cut_repair_heal(lan: &Lan, nodes: &[Node], cut: usize, watch: usize) -> Vec<u
 #[test]
 fn a_cut_leader_changes_no_roles_and_the_majority_never_drops_below_three_voters() {
     let Some(lan) = lan(5) else { return };
-    let nodes = five_on(&lan);
+    let nodes = five_control_planes_on(&lan);
     let old = leader_index(&nodes, 0).unwrap();
     let watch = (old + 1) % nodes.len();
     let log_before = nodes[old].log_text().len();
@@ -132,7 +98,7 @@ fn a_cut_leader_changes_no_roles_and_the_majority_never_drops_below_three_voters
 #[test]
 fn a_cut_follower_voter_is_replaced_and_rejoins_as_a_stand_by() {
     let Some(lan) = lan(5) else { return };
-    let nodes = five_on(&lan);
+    let nodes = five_control_planes_on(&lan);
     let leader = leader_index(&nodes, 0).unwrap();
     let s = nodes[leader].status_json().unwrap();
     let follower = nodes
@@ -151,7 +117,7 @@ fn a_cut_follower_voter_is_replaced_and_rejoins_as_a_stand_by() {
 #[test]
 fn status_answers_within_its_bound_with_a_silent_peer() {
     let Some(lan) = lan(5) else { return };
-    let nodes = five_on(&lan);
+    let nodes = five_control_planes_on(&lan);
     let leader = leader_index(&nodes, 0).unwrap();
     let other = (leader + 1) % nodes.len();
     lan.cut(leader, true);

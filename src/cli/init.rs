@@ -10,7 +10,6 @@ use crate::control::client::LocalClient;
 use crate::control::wire::{self, DaemonInfo, JoinClusterRequest, JoinClusterResponse};
 use crate::format::launch;
 use crate::format::launch::JoinSection;
-use crate::local::join::adopt::Registration;
 use crate::local::launch::{self as applying, LaunchEffects, SELF_SERVICE};
 use crate::state::{resolve_state_dir, Environment, StateDir};
 use crate::sys::runner::{CommandRunner, SystemRunner};
@@ -130,15 +129,7 @@ impl LaunchEffects for CliEffects {
     }
 
     fn join(&self, join: &JoinSection) -> Result<Vec<String>, String> {
-        let req = JoinClusterRequest {
-            connection: join.url.clone(),
-            worker: join.worker,
-            skip_verify: false,
-            registration: Registration {
-                labels: join.node_labels.clone(),
-                taints: join.taints.clone(),
-            },
-        };
+        let req = JoinClusterRequest::from_section(join);
         super::membership_change::<JoinClusterResponse, _>(&self.client, wire::JOIN, &req, "join")
             .map(|resp| resp.messages)
             .map_err(|e| format!("{e:#}"))

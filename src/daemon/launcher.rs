@@ -13,7 +13,6 @@ use std::time::Duration;
 use crate::cluster::node::Node;
 use crate::control::wire::JoinClusterRequest;
 use crate::format::launch::JoinSection;
-use crate::local::join::adopt::Registration;
 use crate::local::launch::{self, ApplyError, LaunchEffects, SELF_SERVICE};
 
 /// The shortest interval between two scans (the Go agent's minimum).
@@ -188,15 +187,7 @@ impl LaunchEffects for DaemonEffects {
     }
 
     fn join(&self, join: &JoinSection) -> Result<Vec<String>, String> {
-        let req = JoinClusterRequest {
-            connection: join.url.clone(),
-            worker: join.worker,
-            skip_verify: false,
-            registration: Registration {
-                labels: join.node_labels.clone(),
-                taints: join.taints.clone(),
-            },
-        };
+        let req = JoinClusterRequest::from_section(join);
         self.handle
             .block_on(crate::local::join::join_cluster(&self.node, req))
             .map(|resp| resp.messages)

@@ -518,3 +518,38 @@ pub fn leader(status: &serde_json::Value) -> Option<String> {
         .and_then(|m| m["address"].as_str())
         .map(str::to_string)
 }
+
+/// Five control planes in failure domains 1, 1, 2, 2, 3, each on its own host of `lan`,
+/// joined to the first; returns once it lists five members: three live voters and two
+/// stand-bys.
+pub fn five_control_planes_on(lan: &netns::Lan) -> Vec<Node> {
+    let domains = ["1", "1", "2", "2", "3"];
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, domain) in domains.iter().enumerate() {
+        let on = lan.on(i);
+        let wrapper: Vec<&str> = on.iter().map(String::as_str).collect();
+        let mut node = Node::launch_through(
+            &wrapper,
+            lan.host(i).ip,
+            tempfile::tempdir().unwrap(),
+            &["--failure-domain", domain],
+            &[],
+        );
+        node.wait_healthy();
+        nodes.push(node);
+    }
+    for i in 1..nodes.len() {
+        join(&nodes[0], &nodes[i], &[]);
+    }
+    eventually(
+        "three live voters and two stand-bys",
+        Duration::from_secs(60),
+        || {
+            let s = nodes[0].status_json()?;
+            let m = members(&s);
+            let standbys = m.iter().filter(|(_, r, _)| r == "standby").count();
+            (live_voters(&s) == 3 && standbys == 2 && m.len() == 5).then_some(())
+        },
+    );
+    nodes
+}

@@ -39,6 +39,21 @@ pub struct JoinClusterRequest {
     pub registration: adopt::Registration,
 }
 
+impl JoinClusterRequest {
+    /// The join a launch configuration's `join` section asks for (verified, as `join`).
+    pub fn from_section(join: &crate::format::launch::JoinSection) -> Self {
+        JoinClusterRequest {
+            connection: join.url.clone(),
+            worker: join.worker,
+            skip_verify: false,
+            registration: adopt::Registration {
+                labels: join.node_labels.clone(),
+                taints: join.taints.clone(),
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinClusterResponse {
     /// The control-plane node that granted the join.
