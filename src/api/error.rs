@@ -40,6 +40,7 @@ impl ApiError {
                 GrantError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
                 GrantError::Forbidden(_) | GrantError::WrongRole(_) => StatusCode::FORBIDDEN,
                 GrantError::NotHa => StatusCode::NOT_IMPLEMENTED,
+                GrantError::Conflict(_) => StatusCode::CONFLICT,
                 GrantError::PortMismatch(_) => StatusCode::BAD_GATEWAY,
                 GrantError::SameIp(_) | GrantError::Unavailable(_) => {
                     StatusCode::SERVICE_UNAVAILABLE

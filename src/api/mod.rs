@@ -13,6 +13,7 @@ pub mod guard;
 pub mod health;
 pub mod https;
 pub mod ratelimit;
+pub mod recover;
 pub mod v1;
 pub mod v2;
 
@@ -95,6 +96,8 @@ pub fn router(app: AppState, request_timeout: Duration) -> Router {
     limited
         // Image tarballs are streamed to containerd: no body limit on this route.
         .route("/cluster/api/v2.0/image/import", v2::image_import_route())
+        // The winner's raft files travel here: its own, larger limit.
+        .route("/cluster/api/v2.0/recover/{step}", recover::route())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

@@ -23,6 +23,8 @@ pub const STATUS_DEGRADED: u8 = 3;
 /// `status`: the datastore is unavailable (no membership answer, or quorum lost); `add-node`,
 /// `leave`, `remove-node`: refused for that reason, nothing changed.
 pub const STATUS_UNAVAILABLE: u8 = 4;
+/// `recover`: the recovery did not complete on every survivor; running it again finishes it.
+pub const RECOVER_INCOMPLETE: u8 = 5;
 /// The command was interrupted (128 + SIGINT, as shells report it); the daemon goes on.
 pub const INTERRUPTED: u8 = 130;
 
@@ -35,6 +37,7 @@ pub fn code(kind: ErrorKind) -> u8 {
         LeaveOnlyVoter => ONLY_VOTER,
         LeaveDatastoreUnchanged | RemoveDatastoreUnchanged => DATASTORE_UNCHANGED,
         Interrupted => INTERRUPTED,
+        RecoverIncomplete => RECOVER_INCOMPLETE,
         StatusDegraded => STATUS_DEGRADED,
         StatusUnavailable | AddNodeQuorumLost | LeaveQuorumLost | RemoveQuorumLost => {
             STATUS_UNAVAILABLE
@@ -72,6 +75,12 @@ pub fn code(kind: ErrorKind) -> u8 {
         | RemoveNeedsForce
         | RemoveAmbiguous
         | TokenUnknown
+        | RecoverNotControlPlane
+        | RecoverQuorumHolds
+        | RecoverBadSurvivor
+        | RecoverBusy
+        | RecoverPlanChanged
+        | RecoverNothingChanged
         | Busy
         | Unsettled
         | OutcomeUnknown
@@ -104,6 +113,7 @@ pub const TOKEN_HELP: &str = "Exit codes: 0 done, 1 failure (revoke: an id that 
 pub const ADD_NODE_HELP: &str = "Exit codes: 0 token issued, 1 failure, 2 usage, 4 the datastore is unavailable (quorum lost): no token issued.";
 pub const JOIN_HELP: &str = "Exit codes: 0 joined, 1 failure, 2 usage, 4 server identity not verified, 6 join refused by the server, 130 interrupted (the daemon goes on; see `status`).";
 pub const LEAVE_HELP: &str = "Exit codes: 0 left, 1 failure, 2 usage, 3 this node holds the only copy of the datastore, 4 the datastore is unavailable (quorum lost): nothing changed, 5 the cluster did not remove this node (still a member; its role may have been handed over), 130 interrupted (the daemon goes on; see `status`).";
+pub const RECOVER_HELP: &str = "Exit codes: 0 recovered (or the plan printed, with --dry-run), 1 refused or stopped before any survivor's data changed (the quorum holds, a survivor named is not a member or does not answer, another recovery runs, the plan changed, not confirmed), 2 usage, 5 the recovery did not complete on every survivor (their data was backed up; run recover again to finish), 130 interrupted (the daemon goes on; run recover again to see where it stands).";
 pub const REMOVE_NODE_HELP: &str = "Exit codes: 0 removed, 1 refused or failed, 2 usage, 4 the datastore is unavailable (quorum lost): nothing changed, 5 the cluster did not remove the member (nothing changed), 130 interrupted (the daemon goes on; see `status`).";
 
 #[cfg(test)]
@@ -118,6 +128,7 @@ mod tests {
             "remove-node" => REMOVE_NODE_HELP,
             "token" => TOKEN_HELP,
             "status" => STATUS_HELP,
+            "recover" => RECOVER_HELP,
             other => panic!("no help for {other}"),
         }
     }

@@ -9,6 +9,7 @@ pub mod exit;
 pub mod init;
 pub mod join;
 pub mod leave;
+pub mod recover;
 pub mod remove_node;
 pub mod status;
 pub mod token;
@@ -54,6 +55,8 @@ pub enum Command {
     Leave(leave::LeaveArgs),
     /// Remove a node from the cluster.
     RemoveNode(remove_node::RemoveNodeArgs),
+    /// Bring a cluster that lost its quorum back from its survivors (run on any one of them).
+    Recover(recover::RecoverArgs),
     /// List or revoke the tokens that can join a node to this one.
     Token(token::TokenArgs),
     /// Apply a MicroK8s launch configuration (what the snap's install hook and
@@ -73,6 +76,7 @@ pub fn run(cli: Cli, env: Environment) -> anyhow::Result<()> {
         Command::Join(args) => join::run(args, cli.state_dir, env),
         Command::Leave(args) => leave::run(args, cli.state_dir, env),
         Command::RemoveNode(args) => remove_node::run(args, cli.state_dir, env),
+        Command::Recover(args) => recover::run(args, cli.state_dir, env),
         Command::Init(args) => init::run(args, cli.state_dir, env),
         Command::Token(args) => token::run(args, cli.state_dir, env),
     }

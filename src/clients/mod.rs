@@ -2,3 +2,4 @@
 
 pub mod kubernetes;
 pub mod peer;
+pub mod recovery;

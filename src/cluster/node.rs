@@ -15,6 +15,7 @@ use crate::cluster::bootstrap::{self, BootstrapError};
 use crate::cluster::datastore::Datastore;
 use crate::cluster::health::LocalHealth;
 use crate::cluster::operation::{Operations, Stopping};
+use crate::cluster::recovery::Leases;
 use crate::cluster::roles::driver::RolesConfig;
 use crate::cluster::serving::{Serving, ServingError};
 use crate::cluster::tokens::TokenStore;
@@ -69,6 +70,7 @@ pub struct Node {
     audit: Arc<AuditLog>,
     health: Arc<LocalHealth>,
     operations: Operations,
+    recovery: Leases,
 }
 
 impl Node {
@@ -78,6 +80,7 @@ impl Node {
             audit: Arc::new(AuditLog::new(parts.state.layout().audit_log())),
             health: Arc::new(LocalHealth::default()),
             operations: Operations::default(),
+            recovery: Leases::default(),
             parts: Arc::new(parts),
         }
     }
@@ -85,6 +88,11 @@ impl Node {
     /// The membership change in progress on this node (one at a time).
     pub fn operations(&self) -> &Operations {
         &self.operations
+    }
+
+    /// The lost-quorum recovery run holding this node, if any (`cluster::recovery`).
+    pub fn recovery(&self) -> &Leases {
+        &self.recovery
     }
 
     pub fn state(&self) -> &StateDir {
@@ -135,6 +143,11 @@ impl Node {
 
     pub fn services(&self) -> &dyn ServiceManager {
         self.parts.services.as_ref()
+    }
+
+    /// The service manager, for work on the blocking pool.
+    pub fn services_arc(&self) -> Arc<dyn ServiceManager> {
+        self.parts.services.clone()
     }
 
     pub fn runner(&self) -> Arc<dyn CommandRunner> {

@@ -19,7 +19,7 @@ use super::wire::{self, DaemonInfo, ErrorKind, Refused};
 use crate::cluster::metrics::Metrics;
 use crate::cluster::node::Node;
 use crate::local::error::Refusal;
-use crate::local::{add_node, join, leave, remove_node, status, tokens};
+use crate::local::{add_node, join, leave, recover, remove_node, status, tokens};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open control socket {path}: {reason}")]
@@ -85,6 +85,7 @@ pub fn router(node: Node, metrics: Arc<Metrics>, info: DaemonInfo) -> Router {
         .route(wire::JOIN, post(join_handler))
         .route(wire::LEAVE, post(leave_handler))
         .route(wire::REMOVE_NODE, post(remove_node_handler))
+        .route(wire::RECOVER, post(recover_handler))
         .route(wire::TOKENS, get(tokens_handler))
         .route(wire::TOKENS_REVOKE, post(revoke_handler))
         .fallback(not_found)
@@ -177,5 +178,15 @@ async fn remove_node_handler(
     let node = s.node;
     Ok(Json(
         detached(async move { remove_node::remove_node(&node, req).await }).await?,
+    ))
+}
+
+async fn recover_handler(
+    State(s): State<ControlState>,
+    Json(req): Json<wire::RecoverRequest>,
+) -> Result<Json<wire::RecoverResponse>, ControlError> {
+    let node = s.node;
+    Ok(Json(
+        detached(async move { recover::recover(&node, req).await }).await?,
     ))
 }

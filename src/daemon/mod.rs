@@ -132,6 +132,13 @@ impl Daemon {
         let lock = state.lock()?;
         let services =
             services::manager(config.service_manager, state.layout().marker("lite.lock"));
+        // A recovery's install cut between its two renames is completed (or reverted) first:
+        // without it there is no backend for anything below to look at.
+        if let Some(done) = crate::dqlite::recovery::settle_install(&state.layout().backend_dir())
+            .map_err(|e| DaemonError::Member(e.to_string()))?
+        {
+            tracing::warn!("{done}");
+        }
         // An interrupted join or leave is finished or undone before anything else looks at
         // the state directory (bootstrap would fill in what it had removed).
         let settling = crate::local::settle::Settle {

@@ -77,6 +77,17 @@ struct Api {
     node_start: unsafe extern "C" fn(node: *mut RawNode) -> c_int,
     node_stop: unsafe extern "C" fn(node: *mut RawNode) -> c_int,
     node_errmsg: unsafe extern "C" fn(node: *mut RawNode) -> *const c_char,
+    node_recover_ext:
+        unsafe extern "C" fn(node: *mut RawNode, infos: *mut NodeInfoExt, n: c_int) -> c_int,
+}
+
+/// `struct dqlite_node_info_ext` (1.11 header): four u64s, the address as a pointer.
+#[repr(C)]
+struct NodeInfoExt {
+    size: u64,
+    id: u64,
+    address: u64,
+    dqlite_role: u64,
 }
 
 /// The loaded library. Load it once per member; `dlopen` is reference counted.
@@ -130,6 +141,7 @@ impl Library {
             node_start: sym!("dqlite_node_start"),
             node_stop: sym!("dqlite_node_stop"),
             node_errmsg: sym!("dqlite_node_errmsg"),
+            node_recover_ext: sym!("dqlite_node_recover_ext"),
         };
         Ok(Arc::new(Library { api, _lib: lib }))
     }
@@ -362,6 +374,48 @@ impl Node {
         // SAFETY: live, started node; stop is called once per start.
         let rv = unsafe { (self.api().node_stop)(self.raw.as_ptr()) };
         self.check("dqlite_node_stop", rv)
+    }
+}
+
+impl Node {
+    /// `dqlite_node_recover_ext`: appends a configuration of exactly `members` (id, address,
+    /// dqlite role code: 0 voter, 1 stand-by, 2 spare) to the log in this node's data
+    /// directory. The node must never have been started, and no process may run a member on
+    /// that directory (1.11 does not lock it).
+    pub fn recover(&mut self, members: &[(u64, String, u64)]) -> Result<(), FfiError> {
+        if self.started {
+            return Err(FfiError::Call {
+                call: "dqlite_node_recover_ext",
+                code: -1,
+                message: "the node is running".into(),
+            });
+        }
+        let addresses = members
+            .iter()
+            .map(|(_, address, _)| cstring(address, "member address"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut infos: Vec<NodeInfoExt> = members
+            .iter()
+            .zip(&addresses)
+            .map(|((id, _, role), address)| NodeInfoExt {
+                size: std::mem::size_of::<NodeInfoExt>() as u64,
+                id: *id,
+                address: address.as_ptr() as u64,
+                dqlite_role: *role,
+            })
+            .collect();
+        let count = c_int::try_from(infos.len()).map_err(|_| FfiError::Call {
+            call: "dqlite_node_recover_ext",
+            code: -1,
+            message: "too many members".into(),
+        })?;
+        // SAFETY: live node that was never started; `infos` is a valid array of `count`
+        // structs laid out as the header's `dqlite_node_info_ext`, whose address pointers
+        // point into `addresses`, alive until after the call; libdqlite only reads them.
+        let rv =
+            unsafe { (self.api().node_recover_ext)(self.raw.as_ptr(), infos.as_mut_ptr(), count) };
+        drop(addresses);
+        self.check("dqlite_node_recover_ext", rv)
     }
 }
 

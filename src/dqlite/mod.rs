@@ -15,6 +15,8 @@ pub mod files;
 pub mod host;
 pub mod membership;
 pub mod proto;
+pub mod raft_log;
+pub mod recovery;
 pub mod tls;
 
 pub use client::{Client, ClientError, Connection, LeaderInfo, Options};

@@ -3,11 +3,13 @@
 //! no I/O.
 
 pub mod args;
+pub mod bundle;
 pub mod connection;
 pub mod csr_conf;
 pub mod decode;
 pub mod kubeconfig;
 pub mod labels;
 pub mod launch;
+pub mod recovery;
 pub mod traefik;
 pub mod wire;

@@ -31,6 +31,9 @@ pub enum GrantError {
     SameIp(String),
     #[error("The hostname ({hostname}) of the joining node does not resolve to the IP \"{ip}\". Refusing join")]
     HostnameMismatch { hostname: String, ip: String },
+    /// Something else holds what the request needs now (another recovery run).
+    #[error("{0}")]
+    Conflict(String),
     /// A refusal or failure whose text the client should see, answered with 500 as MicroK8s.
     #[error("{0}")]
     Refused(String),

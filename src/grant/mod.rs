@@ -10,6 +10,7 @@
 pub mod callbacks;
 pub mod error;
 pub mod join;
+pub mod recover;
 pub mod sign_cert;
 
 pub use error::GrantError;

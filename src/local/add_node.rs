@@ -19,7 +19,7 @@ pub enum AddNodeError {
     #[error("This MicroK8s deployment is acting as a node in a cluster. Please use the microk8s add-node on the master.")]
     OnWorker,
     /// No node could join now: no leader answers, or too few voters for a quorum.
-    #[error("The cluster's datastore is unavailable ({0}): a node could not join it now, so no token was issued. `cluster-agent status` shows which members answer.")]
+    #[error("The cluster's datastore is unavailable ({0}): a node could not join it now, so no token was issued. `cluster-agent status` shows which members answer; bring the missing voters back, or rebuild the cluster from the members that answer with `cluster-agent recover`.")]
     QuorumLost(String),
     #[error("{0}")]
     Internal(String),

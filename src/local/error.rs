@@ -78,6 +78,20 @@ pub enum ErrorKind {
     StatusDegraded,
     /// `status`: no membership answer, or quorum lost.
     StatusUnavailable,
+    /// `recover` on a worker, or on a node without a dqlite member.
+    RecoverNotControlPlane,
+    /// `recover` while the cluster has its quorum (without `--force`).
+    RecoverQuorumHolds,
+    /// A survivor named with `--survivor` is not a member, or does not answer.
+    RecoverBadSurvivor,
+    /// Another recovery holds a survivor now.
+    RecoverBusy,
+    /// The survivors or their logs changed since the plan was shown.
+    RecoverPlanChanged,
+    /// The recovery stopped before it changed any survivor's data; every member runs again.
+    RecoverNothingChanged,
+    /// The recovery did not complete on every survivor: running it again finishes it.
+    RecoverIncomplete,
     /// Another membership change is in progress on this node.
     Busy,
     /// An earlier change is recorded in the journal, not finished and not undone: a restart
@@ -138,6 +152,13 @@ impl ErrorKind {
         ErrorKind::TokenUnknown,
         ErrorKind::StatusDegraded,
         ErrorKind::StatusUnavailable,
+        ErrorKind::RecoverNotControlPlane,
+        ErrorKind::RecoverQuorumHolds,
+        ErrorKind::RecoverBadSurvivor,
+        ErrorKind::RecoverBusy,
+        ErrorKind::RecoverPlanChanged,
+        ErrorKind::RecoverNothingChanged,
+        ErrorKind::RecoverIncomplete,
         ErrorKind::Busy,
         ErrorKind::Unsettled,
         ErrorKind::OutcomeUnknown,
@@ -155,6 +176,7 @@ impl ErrorKind {
             "remove-node",
             "token",
             "status",
+            "recover",
         ];
         match self {
             ErrorKind::Busy
@@ -271,7 +293,7 @@ mod tests {
         assert_eq!(ErrorKind::RemoveNeedsForce.commands(), ["remove-node"]);
         assert_eq!(ErrorKind::AddNodeBadToken.commands(), ["add-node"]);
         assert_eq!(ErrorKind::LeaveOnlyVoter.commands(), ["leave"]);
-        assert_eq!(ErrorKind::Internal.commands().len(), 6);
+        assert_eq!(ErrorKind::Internal.commands().len(), 7);
         assert_eq!(ErrorKind::StatusDegraded.commands(), ["status"]);
         assert_eq!(ErrorKind::TokenUnknown.commands(), ["token"]);
         assert_eq!(ErrorKind::Busy.commands(), ["join", "leave", "remove-node"]);

@@ -38,7 +38,7 @@ pub enum LeaveError {
     #[error("Cannot read the cluster membership: {0}")]
     MembershipUnreadable(String),
     /// No leader answers, or too few voters for a quorum: nothing can be removed.
-    #[error("The cluster's datastore is unavailable ({0}). Nothing was changed. `cluster-agent status` shows which members answer; bring the missing voters back (or recover the cluster) first.")]
+    #[error("The cluster's datastore is unavailable ({0}). Nothing was changed. `cluster-agent status` shows which members answer; bring the missing voters back, or rebuild the cluster from the members that answer with `cluster-agent recover`, first.")]
     QuorumLost(String),
     /// The handover could not be finished, so whether the others keep a quorum without
     /// this member is not known: nothing was removed.

@@ -9,9 +9,9 @@
 pub mod add_node;
 pub mod error;
 pub mod join;
-pub mod k8s_dqlite;
 pub mod launch;
 pub mod leave;
+pub mod recover;
 pub mod remove_node;
 pub mod reset;
 pub mod settle;

@@ -23,7 +23,7 @@ pub enum RemoveError {
     #[error("Cannot read the datastore membership: {0}")]
     MembershipUnreadable(String),
     /// No leader answers, or too few voters for a quorum: nothing can be removed.
-    #[error("The cluster's datastore is unavailable ({0}). Nothing was changed. `cluster-agent status` shows which members answer; bring the missing voters back (or recover the cluster) first.")]
+    #[error("The cluster's datastore is unavailable ({0}). Nothing was changed. `cluster-agent status` shows which members answer; bring the missing voters back, or rebuild the cluster from the members that answer with `cluster-agent recover`, first.")]
     QuorumLost(String),
     #[error("{0} is this node. Run 'leave' on it instead.")]
     IsThisNode(String),
@@ -253,14 +253,14 @@ pub async fn remove_node(
 }
 
 /// What happened to the Kubernetes Node object.
-enum KubeOutcome {
+pub(super) enum KubeOutcome {
     Deleted(String),
     Absent(String),
     Skipped(String),
 }
 
 impl KubeOutcome {
-    fn text(self) -> String {
+    pub(super) fn text(self) -> String {
         match self {
             KubeOutcome::Deleted(s) | KubeOutcome::Absent(s) | KubeOutcome::Skipped(s) => s,
         }
@@ -269,7 +269,11 @@ impl KubeOutcome {
 
 /// Deletes the Node object through the API server of `credentials/client.config`; the node
 /// is found by name, or by InternalIP when given an address.
-async fn delete_kubernetes_node(node: &Node, target: &str, ips: &[IpAddr]) -> KubeOutcome {
+pub(super) async fn delete_kubernetes_node(
+    node: &Node,
+    target: &str,
+    ips: &[IpAddr],
+) -> KubeOutcome {
     let path = node.state().layout().credential("client.config");
     if !crate::state::exists(&path) {
         return KubeOutcome::Skipped(

@@ -65,10 +65,11 @@ pub fn reset_external_control_plane(
     failure_domain: u64,
     member_address: &str,
 ) -> Result<(), String> {
-    crate::local::k8s_dqlite::stop(services)?;
+    crate::cluster::k8s_dqlite::stop(services)?;
     reset_control_plane(state, bind, failure_domain)?;
-    crate::local::k8s_dqlite::write_init(state, member_address, &[]).map_err(|e| e.to_string())?;
-    crate::local::k8s_dqlite::start(services)
+    crate::cluster::k8s_dqlite::write_init(state, member_address, &[])
+        .map_err(|e| e.to_string())?;
+    crate::cluster::k8s_dqlite::start(services)
 }
 
 /// What a worker's join wrote, which its leave removes.

@@ -106,7 +106,7 @@ pub async fn settle(ctx: &Settle<'_>) -> Result<Option<String>, SettleError> {
                         let services = ctx.services.clone();
                         off_runtime(move || {
                             services
-                                .apply(ServiceAction::Stop, super::k8s_dqlite::SERVICE)
+                                .apply(ServiceAction::Stop, crate::cluster::k8s_dqlite::SERVICE)
                                 .map_err(|e| format!("stopping k8s-dqlite: {e}"))
                         })
                         .await
@@ -140,7 +140,7 @@ pub async fn settle(ctx: &Settle<'_>) -> Result<Option<String>, SettleError> {
                 if ctx.external {
                     // k8s-dqlite may not have been started yet, and kubelite was stopped.
                     let services = ctx.services.clone();
-                    off_runtime(move || super::k8s_dqlite::start(services.as_ref()))
+                    off_runtime(move || crate::cluster::k8s_dqlite::start(services.as_ref()))
                         .await
                         .map_err(&failed)?;
                 } else {
@@ -223,7 +223,7 @@ pub async fn settle(ctx: &Settle<'_>) -> Result<Option<String>, SettleError> {
                 let (state, bind) = (ctx.state.clone(), ctx.bind);
                 if ctx.external {
                     let address = member_address.unwrap_or_else(|| {
-                        super::k8s_dqlite::member_address(&bind.ip().to_string(), None)
+                        crate::cluster::k8s_dqlite::member_address(&bind.ip().to_string(), None)
                     });
                     let services = ctx.services.clone();
                     off_runtime(move || {
@@ -400,14 +400,14 @@ async fn members(state: &StateDir, seeds: &[String]) -> Option<Vec<NodeInfo>> {
 /// say which), the old backend and files come back, both start again.
 async fn undo_external_join(ctx: &Settle<'_>, voters: &[String]) -> Result<(), String> {
     let services = ctx.services.clone();
-    off_runtime(move || super::k8s_dqlite::stop(services.as_ref())).await?;
+    off_runtime(move || crate::cluster::k8s_dqlite::stop(services.as_ref())).await?;
     let backend = ctx.state.layout().backend_dir();
     let replaced = crate::state::exists(&super::join::control_plane::backup_dir(&backend));
     if let (true, Ok(Some((_, address)))) = (replaced, crate::dqlite::files::read_info(&backend)) {
         if let Some(client) = backend_client(ctx.state, voters) {
             let removed = tokio::time::timeout(
                 ASK_PATIENCE,
-                super::k8s_dqlite::remove_if_listed(&client, &address),
+                crate::cluster::k8s_dqlite::remove_if_listed(&client, &address),
             )
             .await
             .unwrap_or_else(|_| Err("no answer".into()));
@@ -419,7 +419,7 @@ async fn undo_external_join(ctx: &Settle<'_>, voters: &[String]) -> Result<(), S
     let state = ctx.state.clone();
     off_runtime(move || super::join::control_plane::undo(&state)).await?;
     let services = ctx.services.clone();
-    off_runtime(move || super::k8s_dqlite::start(services.as_ref())).await
+    off_runtime(move || crate::cluster::k8s_dqlite::start(services.as_ref())).await
 }
 
 #[cfg(test)]

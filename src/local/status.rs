@@ -72,6 +72,9 @@ pub struct StatusReport {
     pub not_a_member: bool,
 }
 
+/// What `status` says to do when the quorum is lost.
+pub const RECOVERY_HINT: &str = "to rebuild the cluster from the members that answer, run `cluster-agent recover` on one of them (docs/recovery.md)";
+
 fn healthy() -> Condition {
     Condition::Healthy
 }
@@ -98,6 +101,7 @@ pub fn assess(report: &StatusReport) -> (Condition, Vec<String>) {
                 .filter(|m| !m.reachable)
                 .map(|m| format!("{} ({}) does not answer", m.address, m.role)),
         );
+        reasons.push(RECOVERY_HINT.into());
         return (Condition::Unavailable, reasons);
     }
     if let Some(e) = &report.error {

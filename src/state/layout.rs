@@ -33,6 +33,10 @@ impl Layout {
     pub fn agent_dir(&self) -> PathBuf {
         self.root.join("var/cluster-agent")
     }
+    /// The lost-quorum recovery this node takes part in, until it is finished.
+    pub fn recovery_record(&self) -> PathBuf {
+        self.agent_dir().join("recovery.json")
+    }
     /// The record of the multi-step change in progress, if any.
     pub fn journal(&self) -> PathBuf {
         self.agent_dir().join("journal.json")

@@ -454,6 +454,68 @@ fn create_dir(path: &Path, mode: u32) -> Result<(), StateError> {
         })
 }
 
+/// Copies the regular files and directories under `from` into a new directory `to` (which
+/// must not exist), keeping each file's mode, every file synced; the copy is built under
+/// `<to>.partial` and renamed into place, so `to` exists only once it is whole. A leftover
+/// `.partial` from an interrupted copy is replaced. Returns the number of bytes copied.
+pub fn copy_dir(from: &Path, to: &Path) -> Result<u64, StateError> {
+    use std::os::unix::fs::PermissionsExt;
+    if to.exists() {
+        return Err(StateError::Write {
+            path: to.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::AlreadyExists, "the copy's target exists"),
+        });
+    }
+    let partial = PathBuf::from(format!("{}.partial", to.display()));
+    remove_dir_all(&partial)?;
+    let dir_mode = fs::metadata(from)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .map_err(|source| StateError::Read {
+            path: from.to_path_buf(),
+            source,
+        })?;
+    create_dir(&partial, dir_mode)?;
+    let mut copied = 0u64;
+    let mut stack = vec![(from.to_path_buf(), partial.clone())];
+    while let Some((src, dst)) = stack.pop() {
+        for name in list_dir(&src)?.unwrap_or_default() {
+            let (s, d) = (src.join(&name), dst.join(&name));
+            let meta = fs::symlink_metadata(&s).map_err(|source| StateError::Read {
+                path: s.clone(),
+                source,
+            })?;
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.is_dir() {
+                create_dir(&d, mode)?;
+                stack.push((s, d));
+            } else if meta.is_file() {
+                let data = read_bytes(&s)?;
+                copied += data.len() as u64;
+                atomic::write_atomic(&d, &data, mode)?;
+            }
+        }
+    }
+    rename(&partial, to)?;
+    Ok(copied)
+}
+
+/// Makes `path` (a directory) and its parent's entry for it durable.
+pub fn sync_dir(path: &Path) -> Result<(), StateError> {
+    let fail = |source: io::Error| StateError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    fs::File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(fail)?;
+    atomic::sync_parent(path).map_err(fail)
+}
+
+/// Creates directory `path` (and its parents) with `mode`.
+pub fn make_dir(path: &Path, mode: u32) -> Result<(), StateError> {
+    create_dir(path, mode)
+}
+
 /// Sets the permission bits of `path`.
 pub fn set_mode(path: &Path, mode: u32) -> Result<(), StateError> {
     use std::os::unix::fs::PermissionsExt;

@@ -5,6 +5,7 @@ pub mod addr;
 pub mod errtext;
 pub mod goduration;
 pub mod hex;
+pub mod mac;
 pub mod secret;
 
 /// `impl From<Source> for Error` as `Error::Internal(source.to_string())`, for the faults that

@@ -21,11 +21,11 @@ use std::time::Duration;
 use super::control_plane::{self, cluster_ca_key, fail, install_files, Progress, StepFailed};
 use super::error::JoinError;
 use crate::cluster::journal::JoinStep;
+use crate::cluster::k8s_dqlite;
 use crate::cluster::node::Node;
 use crate::dqlite::external::ExternalMember;
 use crate::dqlite::{Client, ClientTls, Options};
 use crate::format::wire::JoinResponseV2;
-use crate::local::k8s_dqlite;
 use crate::sys::blocking::{blocking, TaskFailed};
 use crate::sys::services::ServiceAction;
 
