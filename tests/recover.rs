@@ -160,3 +160,207 @@ fn three_lose_two_then_the_survivor_alone_serves_every_row_and_new_nodes_restore
         );
     }
 }
+
+/// `n` control planes, the first one started with `env`; returns once every join succeeded
+/// and `n.min(3)` voters answer.
+fn cluster_with(n: usize, env: &[(&str, &str)]) -> Vec<Node> {
+    let mut nodes = vec![Node::start_with_env(&[], env)];
+    for _ in 1..n {
+        let joiner = Node::start();
+        join(&nodes[0], &joiner, &[]);
+        nodes.push(joiner);
+    }
+    eventually("the voters", Duration::from_secs(90), || {
+        (live_voters(&nodes[0].status_json()?) == n.min(3)).then_some(())
+    });
+    nodes
+}
+
+/// Puts at index 1 a node that, with node 0, holds at most one vote: killing every other
+/// node then loses the quorum whoever the voters are.
+fn survivors_first(nodes: &mut [Node]) {
+    let voters = voters(&nodes[0]);
+    let is_voter = |n: &Node| voters.contains(&dqlite_addr(n));
+    let first_votes = is_voter(&nodes[0]);
+    let partner = (1..nodes.len())
+        .find(|&i| !(first_votes && is_voter(&nodes[i])))
+        .unwrap();
+    nodes.swap(1, partner);
+}
+
+fn all_servers(nodes: &[&Node]) -> String {
+    nodes
+        .iter()
+        .map(|n| dqlite_addr(n))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Five control planes lose three: bad survivors are refused and change nothing, a second
+/// `recover` while one runs is refused, and the recovery leaves both survivors in one
+/// cluster serving every row, asked through either of them first.
+#[test]
+fn five_lose_three_then_both_survivors_serve_every_row() {
+    let mut nodes = cluster_with(5, &[("CLUSTER_AGENT_TEST_HOLD", "recover-prepared")]);
+    survivors_first(&mut nodes);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let everyone = all_servers(&refs);
+    write_rows(&backend(&nodes[0]), &everyone);
+    let lost: Vec<String> = nodes[2..].iter().map(|n| n.ip.to_string()).collect();
+    for n in nodes[2..].iter_mut() {
+        n.kill();
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    eventually("quorum lost seen on a", Duration::from_secs(30), || {
+        (a.status_json()?["condition"] == "unavailable").then_some(())
+    });
+
+    // Bad input: a survivor that is not a member, one that does not answer.
+    let before = (snapshot(&a.state), snapshot(&b.state));
+    let out = recover(a, &["--yes", "--survivor", "127.250.250.250"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is not a member"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = recover(a, &["--yes", "--survivor", &lost[0]]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("does not answer"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        before == (snapshot(&a.state), snapshot(&b.state)),
+        "a refused recover changes nothing"
+    );
+
+    // One run at a time: a holds with every survivor prepared; b's own recover is refused.
+    let running = cli_background(a, &["recover", "--yes"]);
+    wait_held(a, "recover-prepared");
+    let out = recover(b, &["--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("Another recovery holds"),
+        "{}",
+        text(&out.stderr)
+    );
+    release(a, "recover-prepared");
+    let out = wait_output(running);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        a.log_text()
+    );
+
+    let ab = [a, b];
+    eventually(
+        "both survivors listed and answering",
+        Duration::from_secs(30),
+        || {
+            let s = b.status_json()?;
+            (members(&s).len() == 2 && s["condition"] == "healthy").then_some(())
+        },
+    );
+    for first in [a, b] {
+        let other = ab.iter().find(|n| n.ip != first.ip).unwrap();
+        let servers = all_servers(&[first, other]);
+        let rows = eventually("the rows", Duration::from_secs(20), || {
+            count_rows(&backend(first), &servers)
+        });
+        assert_eq!(rows, ROWS, "asked through {} first", dqlite_addr(first));
+    }
+    // Both keep their backups; the lost members are out of the configuration.
+    for n in ab {
+        let kept = std::fs::read_dir(n.state.join("var/kubernetes"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("backend.recover-backup-")
+            })
+            .count();
+        assert_eq!(kept, 1, "{}", n.ip);
+    }
+    let listed = common::dqlite_shell::shell_roles(&backend(a), &all_servers(&[a, b])).unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+}
+
+/// A survivor killed -9 in the middle of `recover` (every survivor prepared, nothing changed
+/// yet): the run ends incomplete (exit 5); with the survivor back, `recover` again finishes
+/// the job, and every row is there through either survivor.
+#[test]
+fn a_survivor_killed_during_recover_then_recover_again_ends_with_every_row() {
+    let mut nodes = cluster_with(5, &[("CLUSTER_AGENT_TEST_HOLD", "recover-prepared")]);
+    survivors_first(&mut nodes);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    write_rows(&backend(&nodes[0]), &all_servers(&refs));
+    for n in nodes[2..].iter_mut() {
+        n.kill();
+    }
+    eventually("quorum lost seen on a", Duration::from_secs(30), || {
+        (nodes[0].status_json()?["condition"] == "unavailable").then_some(())
+    });
+    let running = cli_background(&nodes[0], &["recover", "--yes"]);
+    wait_held(&nodes[0], "recover-prepared");
+    nodes[1].kill();
+    release(&nodes[0], "recover-prepared");
+    let out = wait_output(running);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("Run `cluster-agent recover` again"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    nodes[1].restart();
+    // (node 0 still holds at every run's "prepared" point.)
+    let child = cli_background(&nodes[0], &["recover", "--yes"]);
+    wait_held(&nodes[0], "recover-prepared");
+    release(&nodes[0], "recover-prepared");
+    let out = wait_output(child);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        nodes[0].log_text()
+    );
+    let (a, b) = (&nodes[0], &nodes[1]);
+    eventually(
+        "both survivors listed and answering",
+        Duration::from_secs(30),
+        || {
+            let s = a.status_json()?;
+            (members(&s).len() == 2 && s["condition"] == "healthy").then_some(())
+        },
+    );
+    for (first, other) in [(a, b), (b, a)] {
+        let servers = all_servers(&[first, other]);
+        let rows = eventually("the rows", Duration::from_secs(20), || {
+            count_rows(&backend(first), &servers)
+        });
+        assert_eq!(rows, ROWS, "asked through {} first", dqlite_addr(first));
+    }
+    // No run is left recorded on either survivor.
+    for n in [a, b] {
+        assert!(
+            !n.state.join("var/cluster-agent/recovery.json").exists(),
+            "{}",
+            n.ip
+        );
+    }
+}
