@@ -364,3 +364,53 @@ fn a_survivor_killed_during_recover_then_recover_again_ends_with_every_row() {
         );
     }
 }
+
+/// The coordinator itself killed -9 after it rewrote the winner's log (its own) and before
+/// the copy: started again, it serves; `recover` again finishes the run (same run, no second
+/// backup of the same data) and every row is there.
+#[test]
+fn the_coordinator_killed_mid_recover_finishes_the_job_when_run_again() {
+    let mut nodes = cluster_with(3, &[("CLUSTER_AGENT_TEST_HOLD", "recover-copying")]);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    write_rows(&backend(&nodes[0]), &all_servers(&refs));
+    nodes[1].kill();
+    nodes[2].kill();
+    let a = &mut nodes[0];
+    let running = cli_background(a, &["recover", "--yes"]);
+    wait_held(a, "recover-copying");
+    a.kill();
+    let out = wait_output(running);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let record = a.state.join("var/cluster-agent/recovery.json");
+    assert!(record.exists(), "the cut run is recorded");
+    a.env.retain(|(k, _)| k != "CLUSTER_AGENT_TEST_HOLD");
+    a.restart();
+    let out = recover(a, &["--yes"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        a.log_text()
+    );
+    assert!(
+        text(&out.stdout).contains("did not finish"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(!record.exists());
+    assert_eq!(count_rows(&backend(a), &dqlite_addr(a)), Some(ROWS));
+    let backups: Vec<_> = std::fs::read_dir(a.state.join("var/kubernetes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("backend.recover-backup-"))
+        .collect();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    // The backup is the member's data as it was: its identity and its raft log.
+    assert_eq!(
+        std::fs::read(backups[0].join("info.yaml")).unwrap(),
+        std::fs::read(backend(a).join("info.yaml")).unwrap()
+    );
+    assert!(backups[0].join("metadata1").exists() || backups[0].join("metadata2").exists());
+}

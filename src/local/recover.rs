@@ -704,7 +704,9 @@ async fn execute(
         });
         bundle::encode(&files_of_winner).map_err(|e| e.to_string())
     };
-    let data = match copy.await {
+    let copied_data = copy.await;
+    node.checkpoint("recover-copying").await.ok();
+    let data = match copied_data {
         Ok(d) => d,
         Err(e) => {
             for (s, _) in &prepared {
