@@ -86,6 +86,15 @@ fn three_lose_two_then_the_survivor_alone_serves_every_row_and_new_nodes_restore
     }
     let survivor: &Node = nodes[survivor_at];
 
+    // status names the way out.
+    let out = cli(survivor, &["status"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        text(&out.stdout).contains("run `cluster-agent recover`"),
+        "{}",
+        text(&out.stdout)
+    );
+
     // Refused without confirmation (no terminal), and a dry run changes nothing.
     let before = snapshot(&survivor.state);
     let out = recover(survivor, &[]);
