@@ -394,28 +394,3 @@ fn clock_skew_is_refused() {
         "{err}"
     );
 }
-
-/// Serves `app` over TLS with the certificate pair in `dir` on `addr`, on `rt`, until the
-/// runtime is dropped: a stand-in for kube-apiserver or a peer agent.
-fn serve_tls(
-    rt: &tokio::runtime::Runtime,
-    addr: std::net::SocketAddr,
-    crt: &Path,
-    key: &Path,
-    app: axum::Router,
-) {
-    let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).unwrap();
-    let serving = cluster_agent::cluster::serving::Serving::load(crt, key, None).unwrap();
-    let tls = cluster_agent::pki::tls::server_config(
-        serving.resolver(),
-        cluster_agent::pki::tls::MinTls::Tls12,
-    )
-    .unwrap();
-    rt.spawn(cluster_agent::api::https::serve(
-        listener,
-        tokio_rustls::TlsAcceptor::from(tls),
-        app,
-        std::future::pending(),
-        std::time::Duration::from_secs(1),
-    ));
-}

@@ -42,6 +42,58 @@ fn count_rows(cert_dir: &Path, servers: &str) -> Option<usize> {
         .ok()
 }
 
+/// A stand-in kube-apiserver on `node`'s address (port 16443, its own serving certificate),
+/// which `credentials/client.config` is pointed at: it lists a Node `node-<i>` per address
+/// of `ips` and records the names it is asked to delete.
+fn fake_kubernetes(node: &Node, ips: &[String]) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::sync::{Arc, Mutex};
+    let deleted: Arc<Mutex<Vec<String>>> = Arc::default();
+    let items: Vec<serde_json::Value> = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            serde_json::json!({
+                "metadata": {"name": format!("node-{i}")},
+                "status": {"addresses": [{"type": "InternalIP", "address": ip}]}
+            })
+        })
+        .collect();
+    let nodes = serde_json::json!({ "items": items });
+    let record = deleted.clone();
+    let app = axum::Router::new()
+        .route(
+            "/api/v1/nodes",
+            axum::routing::get(move || async move { axum::Json(nodes) }),
+        )
+        .route(
+            "/api/v1/nodes/{name}",
+            axum::routing::delete(
+                move |axum::extract::Path(name): axum::extract::Path<String>| async move {
+                    record.lock().unwrap().push(name);
+                    "{}"
+                },
+            ),
+        );
+    let rt = Box::leak(Box::new(tokio::runtime::Runtime::new().unwrap()));
+    let api = std::net::SocketAddr::new(node.ip.into(), 16443);
+    let certs = node.state.join("certs");
+    serve_tls(
+        rt,
+        api,
+        &certs.join("server.crt"),
+        &certs.join("server.key"),
+        app,
+    );
+    let config = node.state.join("credentials/client.config");
+    let text_config = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text_config.replace("https://127.0.0.1:16443", &format!("https://{api}")),
+    )
+    .unwrap();
+    deleted
+}
+
 fn recover(node: &Node, args: &[&str]) -> std::process::Output {
     let mut all = vec!["recover"];
     all.extend_from_slice(args);
@@ -74,6 +126,7 @@ fn three_lose_two_then_the_survivor_alone_serves_every_row_and_new_nodes_restore
     write_rows(&backend(&a), &all);
     assert_eq!(count_rows(&backend(&a), &all), Some(ROWS));
 
+    let (a_ip, b_ip, c_ip) = (a.ip, b.ip, c.ip);
     // Kill the leader and one more; the survivor is whoever is left.
     let leader = leader(&a.status_json().unwrap()).unwrap();
     let mut nodes = [&mut a, &mut b, &mut c];
@@ -117,6 +170,14 @@ fn three_lose_two_then_the_survivor_alone_serves_every_row_and_new_nodes_restore
         "a dry run changes nothing"
     );
 
+    // A stand-in kube-apiserver on the survivor knows the lost nodes as Nodes.
+    let lost: Vec<String> = [&a_ip, &b_ip, &c_ip]
+        .into_iter()
+        .filter(|ip| **ip != survivor.ip)
+        .map(|ip| ip.to_string())
+        .collect();
+    let deleted = fake_kubernetes(survivor, &lost);
+
     let started = std::time::Instant::now();
     let out = recover(survivor, &["--yes"]);
     assert_eq!(
@@ -128,6 +189,21 @@ fn three_lose_two_then_the_survivor_alone_serves_every_row_and_new_nodes_restore
         survivor.log_text()
     );
     eprintln!("recover took {:?}", started.elapsed());
+    for line in survivor
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("elapsed_ms") || l.contains("recovering"))
+    {
+        eprintln!("{line}");
+    }
+    let mut gone = deleted.lock().unwrap().clone();
+    gone.sort();
+    assert_eq!(gone, ["node-0", "node-1"], "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("Deleted the Kubernetes node node-0"),
+        "{}",
+        text(&out.stdout)
+    );
     let own = dqlite_addr(survivor);
     assert_eq!(count_rows(&backend(survivor), &own), Some(ROWS));
     let report = survivor.status_json().unwrap();

@@ -183,9 +183,25 @@ pub async fn survey(node: &Node) -> Result<SurvivorReport, RecoveryError> {
     }
     let (id, address) = identity(node)?;
     let backend = node.state().layout().backend_dir();
-    let summary =
-        blocking(move || recovery::last_entry(&backend).map_err(RecoveryError::from)).await?;
+    let (summary, configuration) = blocking(move || {
+        let summary = recovery::last_entry(&backend)?;
+        // A log whose configuration cannot be read still has a last entry to compare.
+        let configuration = recovery::last_configuration(&backend)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        Ok::<_, RecoveryError>((summary, configuration))
+    })
+    .await?;
     Ok(SurvivorReport {
+        configuration: configuration
+            .into_iter()
+            .map(|m| RecoveredMember {
+                id: m.id,
+                address: m.address,
+                role: m.role.code(),
+            })
+            .collect(),
         id,
         address,
         datastore: if node.settings().external_datastore {

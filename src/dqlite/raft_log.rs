@@ -1,8 +1,11 @@
 //! Reads libraft's on-disk log far enough to say what the last entry of a dqlite data
 //! directory is, as libraft's own loader would find it on start: the (term, index) that a
-//! lost-quorum recovery compares across survivors (term first, then index). Sans-IO: the
-//! caller lists the directory, reads the files [`files_to_read`] names and hands their bytes
-//! to [`last_entry`]; only `src/state/` touches the filesystem.
+//! lost-quorum recovery compares across survivors (term first, then index); and which
+//! configuration (membership and roles) libraft would start with, which can be newer than
+//! go-dqlite's `cluster.yaml` (refreshed only every 30 s). Sans-IO: the caller lists the
+//! directory, reads the files [`files_to_read`] (or [`configuration_files`]) names and hands
+//! their bytes to [`last_entry`] (or [`last_configuration`]); only `src/state/` touches the
+//! filesystem.
 //!
 //! Format facts, from canonical/raft v0.11.3 and v0.15.0 (Debian's libdqlite 1.11.1 links
 //! libraft2 0.15.0; the two versions agree on all of this) and checked against directories
@@ -48,6 +51,16 @@
 //!   gaps; open segments, in counter order, continue after the last closed one, each
 //!   starting where the previous one's valid entries end. If the entries then end before the
 //!   snapshot's index, libraft refuses to load.
+//! - Configurations (`start.c`, `snapshot.c`): libraft starts with the snapshot's
+//!   configuration and then, if the loaded entries hold any `RAFT_CHANGE` (type 3) entry, with
+//!   the last one's, committed or not and whatever its index. The encoding is in
+//!   `decode_configuration`, the `.meta` file in `read_snapshot_meta`. libraft stores
+//!   roles as `RAFT_STANDBY` 0, `RAFT_VOTER` 1, `RAFT_SPARE` 2; dqlite and go-dqlite use
+//!   0 voter, 1 stand-by, 2 spare, which is what [`Server::role`] holds. Checked against
+//!   `dqlite -s ... .cluster` on dqlite-demo clusters: joins, stand-bys, a spare, a removal,
+//!   role changes, and a single node whose configuration entry was compacted into a snapshot.
+//!   In that last, common, case every closed segment that counts is read (up to the
+//!   snapshot's 8192 trailing entries) before the `.meta` file answers.
 //!
 //! Not checked, as it would mean reading files the answer does not depend on: the older
 //! closed segments (libraft reads and checks them all), the snapshot files themselves
@@ -56,6 +69,7 @@
 //! such directories are reported as errors.
 
 use std::collections::HashSet;
+use std::ops::Range;
 
 /// The two metadata files; the one with the higher version is current.
 pub const METADATA_FILES: [&str; 2] = ["metadata1", "metadata2"];
@@ -71,6 +85,9 @@ const MAX_BATCH_ENTRIES: u64 = 8 * 1024 * 1024 / 32;
 /// Per-entry header: term, type + 3 unused bytes, data length.
 const ENTRY_HEADER_SIZE: usize = 16;
 const SNAPSHOT_META_SUFFIX: &str = ".meta";
+/// `enum raft_entry_type` in `raft.h`: `RAFT_COMMAND = 1, RAFT_BARRIER, RAFT_CHANGE`.
+const ENTRY_COMMAND: u8 = 1;
+const ENTRY_CHANGE: u8 = 3;
 
 /// A log position. The derived order compares the term first, then the index: the order in
 /// which raft ranks how up to date a log is.
@@ -109,6 +126,31 @@ pub enum RaftLogError {
     },
     #[error("inconsistent log files: {0}")]
     BadSequence(String),
+    #[error("{file}: {problem}")]
+    BadSnapshotMeta { file: String, problem: String },
+    #[error("{file}: the configuration at index {index} {problem}")]
+    BadConfiguration {
+        file: String,
+        index: u64,
+        problem: String,
+    },
+}
+
+/// dqlite's role codes (`DQLITE_VOTER`, `DQLITE_STANDBY`, `DQLITE_SPARE`), the ones go-dqlite's
+/// `NodeRole` and `cluster.yaml` use. libraft stores other codes; see [`Server::role`].
+pub const ROLE_VOTER: u64 = 0;
+pub const ROLE_STANDBY: u64 = 1;
+pub const ROLE_SPARE: u64 = 2;
+
+/// One server of a raft configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub id: u64,
+    pub address: String,
+    /// dqlite's role code: [`ROLE_VOTER`] 0, [`ROLE_STANDBY`] 1, [`ROLE_SPARE`] 2. libraft
+    /// stores `RAFT_STANDBY` 0, `RAFT_VOTER` 1, `RAFT_SPARE` 2 (`raft.h`); this is translated
+    /// as dqlite's `translateRaftRole` does (1 to 0, 0 to 1, 2 to 2).
+    pub role: u64,
 }
 
 /// The files of the listing that [`last_entry`] reads: the metadata files that exist, the
@@ -118,7 +160,7 @@ pub enum RaftLogError {
 pub fn files_to_read(names: &[String]) -> Vec<String> {
     let mut files: Vec<String> = listed_metadata(names).map(str::to_string).collect();
     if let Ok(plan) = plan_segments(names) {
-        files.extend(plan.last_closed.map(|closed| closed.name.to_string()));
+        files.extend(plan.last_closed().map(|closed| closed.name.to_string()));
         files.extend(plan.open.iter().map(|name| name.to_string()));
     }
     files
@@ -136,9 +178,9 @@ pub fn last_entry(
 
     let mut loaded: Option<Entry> = None;
     let mut next_index = plan.start_index;
-    if let Some(closed) = &plan.last_closed {
+    if let Some(closed) = plan.last_closed() {
         let bytes = read_listed(closed.name, &mut read)?;
-        let term = read_closed_segment(closed, &bytes)?;
+        let term = read_closed_segment(&closed, &bytes)?.last_term;
         loaded = Some(Entry {
             term,
             index: closed.last,
@@ -173,6 +215,112 @@ pub fn last_entry(
         (snapshot, None) => snapshot,
     };
     Ok(LogSummary { current_term, last })
+}
+
+/// The files of the listing that [`last_configuration`] may read, in the order it reads them:
+/// the newest snapshot's `.meta`, every open segment that counts, then the closed segments
+/// that count, newest first (it stops at the first holding a configuration). Empty when the
+/// names alone are inconsistent, as [`last_configuration`] stops there.
+pub fn configuration_files(names: &[String]) -> Vec<String> {
+    let Ok(plan) = plan_segments(names) else {
+        return Vec::new();
+    };
+    let mut files: Vec<String> = plan.snapshot_meta.map(str::to_string).into_iter().collect();
+    files.extend(plan.open.iter().map(|name| name.to_string()));
+    files.extend(
+        plan.closed
+            .iter()
+            .rev()
+            .map(|closed| closed.name.to_string()),
+    );
+    files
+}
+
+/// The configuration libraft would start with on this data directory, and the index it was
+/// found at: that of the last `RAFT_CHANGE` entry of the log as libraft loads it (the same
+/// segments and truncation rules as [`last_entry`]; committed or not, as libraft's
+/// `restoreEntries` does not care), else the one in the newest snapshot's `.meta` file with
+/// the configuration index recorded there; `None` when there is neither. `names` and `read`
+/// are as for [`last_entry`]; only files [`configuration_files`] names are asked for.
+///
+/// The `.meta` file is always read and checked (libraft loads it even when the log overrides
+/// it), all open segments are read (the index of their entries depends on the ones before),
+/// and closed segments only newest first until one holds a configuration entry. Only the
+/// entry that counts is decoded, as in libraft; an error decoding it is one libraft would
+/// also refuse to start with.
+pub fn last_configuration(
+    names: &[String],
+    mut read: impl FnMut(&str) -> Option<Vec<u8>>,
+) -> Result<Option<(u64, Vec<Server>)>, RaftLogError> {
+    let plan = plan_segments(names)?;
+    let from_snapshot = match plan.snapshot_meta {
+        Some(name) => Some(read_snapshot_meta(name, &read_listed(name, &mut read)?)?),
+        None => None,
+    };
+
+    let last_closed = plan.last_closed();
+    let mut last_index = last_closed.map(|closed| closed.last);
+    let mut next_index = match last_closed {
+        Some(closed) => closed
+            .last
+            .checked_add(1)
+            .ok_or_else(|| overflow(closed.name))?,
+        None => plan.start_index,
+    };
+    // The newest configuration entry of the open segments: file, index and data.
+    let mut in_open: Option<(&str, u64, Vec<u8>)> = None;
+    for &name in &plan.open {
+        let bytes = read_listed(name, &mut read)?;
+        let Some(batches) = read_open_segment(name, &bytes)? else {
+            continue;
+        };
+        if let Some((position, data)) = &batches.last_change {
+            let index = next_index
+                .checked_add(*position)
+                .ok_or_else(|| overflow(name))?;
+            let data = bytes.get(data.clone()).unwrap_or_default().to_vec();
+            in_open = Some((name, index, data));
+        }
+        let index = next_index
+            .checked_add(batches.entries.saturating_sub(1))
+            .ok_or_else(|| overflow(name))?;
+        last_index = Some(index);
+        next_index = index.checked_add(1).ok_or_else(|| overflow(name))?;
+    }
+    if let (Some(snapshot), Some(index)) = (plan.snapshot, last_index) {
+        if index < snapshot.index {
+            return Err(RaftLogError::BadSequence(format!(
+                "the last entry on disk has index {index}, behind the snapshot at {}",
+                snapshot.index
+            )));
+        }
+    }
+    if let Some((name, index, data)) = in_open {
+        return decode_entry(name, index, &data).map(Some);
+    }
+
+    for closed in plan.closed.iter().rev() {
+        let bytes = read_listed(closed.name, &mut read)?;
+        if let Some((position, data)) = read_closed_segment(closed, &bytes)?.last_change {
+            let index = closed
+                .first
+                .checked_add(position)
+                .ok_or_else(|| overflow(closed.name))?;
+            let data = bytes.get(data).unwrap_or_default();
+            return decode_entry(closed.name, index, data).map(Some);
+        }
+    }
+    Ok(from_snapshot)
+}
+
+fn decode_entry(name: &str, index: u64, data: &[u8]) -> Result<(u64, Vec<Server>), RaftLogError> {
+    decode_configuration(data)
+        .map(|servers| (index, servers))
+        .map_err(|problem| RaftLogError::BadConfiguration {
+            file: name.to_string(),
+            index,
+            problem,
+        })
 }
 
 fn read_listed(
@@ -305,10 +453,19 @@ struct SegmentPlan<'a> {
     snapshot: Option<Entry>,
     /// Index of the first entry the segments hold.
     start_index: u64,
-    /// The newest closed segment that counts.
-    last_closed: Option<ClosedSegment<'a>>,
+    /// The `.meta` file of the newest snapshot.
+    snapshot_meta: Option<&'a str>,
+    /// The closed segments that count, oldest first.
+    closed: Vec<ClosedSegment<'a>>,
     /// The open segments, in counter order.
     open: Vec<&'a str>,
+}
+
+impl<'a> SegmentPlan<'a> {
+    /// The newest closed segment that counts.
+    fn last_closed(&self) -> Option<ClosedSegment<'a>> {
+        self.closed.last().copied()
+    }
 }
 
 fn plan_segments(names: &[String]) -> Result<SegmentPlan<'_>, RaftLogError> {
@@ -319,7 +476,7 @@ fn plan_segments(names: &[String]) -> Result<SegmentPlan<'_>, RaftLogError> {
         .collect();
     let mut closed: Vec<ClosedSegment> = Vec::new();
     let mut open: Vec<(u64, &str)> = Vec::new();
-    let mut newest_snapshot: Option<(u64, u64, u64)> = None;
+    let mut newest_snapshot: Option<((u64, u64, u64), &str)> = None;
     for &name in &listed {
         if METADATA_FILES.contains(&name) {
             continue;
@@ -327,7 +484,7 @@ fn plan_segments(names: &[String]) -> Result<SegmentPlan<'_>, RaftLogError> {
         if let Some((position, data_file)) = parse_snapshot_meta(name) {
             // Without its data file the snapshot was never finished (or is being written).
             if listed.contains(data_file) {
-                newest_snapshot = newest_snapshot.max(Some(position));
+                newest_snapshot = newest_snapshot.max(Some((position, name)));
             }
         } else if let Some(segment) = parse_closed(name) {
             closed.push(segment);
@@ -335,7 +492,7 @@ fn plan_segments(names: &[String]) -> Result<SegmentPlan<'_>, RaftLogError> {
             open.push((counter, name));
         }
     }
-    let snapshot = newest_snapshot.map(|(term, index, _)| Entry { term, index });
+    let snapshot = newest_snapshot.map(|((term, index, _), _)| Entry { term, index });
     closed.sort();
     open.sort();
     if let Some(pair) = open.windows(2).find(|pair| pair[0].0 == pair[1].0) {
@@ -402,18 +559,139 @@ fn plan_segments(names: &[String]) -> Result<SegmentPlan<'_>, RaftLogError> {
     Ok(SegmentPlan {
         snapshot,
         start_index,
-        last_closed: closed.last().copied(),
+        snapshot_meta: newest_snapshot.map(|(_, name)| name),
+        closed,
         open: open.into_iter().map(|(_, name)| name).collect(),
     })
 }
 
+// ---- configurations ---------------------------------------------------------------------
+
+/// `ENCODING_FORMAT` in `configuration.c`.
+const CONFIGURATION_FORMAT: u8 = 1;
+/// `raft.h` role codes.
+const RAFT_STANDBY: u8 = 0;
+const RAFT_VOTER: u8 = 1;
+const RAFT_SPARE: u8 = 2;
+/// `UV__META_MAX_CONFIGURATION_SIZE`.
+const MAX_META_CONFIGURATION: u64 = 1024 * 1024;
+/// Format, checksum, configuration index, configuration length.
+const SNAPSHOT_META_HEADER: usize = 32;
+
+/// `configurationDecode` (the same in libraft 0.11.3 and 0.15.0): u8 format 1, u64 server
+/// count (unaligned), then per server u64 id (unaligned), the address with its NUL terminator
+/// (`bytePutString`: no padding of its own) and a u8 role. `configurationEncode` pads the whole
+/// to a multiple of 8 bytes (`bytePad64`), which the decoder ignores, as it ignores whatever
+/// follows the last server. libraft's own reads are unchecked past the end of the buffer; here
+/// running out is an error. Beyond that, libraft rejects an address without a terminator, a
+/// role other than 0, 1 or 2, a duplicate id or address (`configurationAdd`), and asserts the
+/// buffer is not empty and no id is 0: all errors here. A count of 0 decodes to no servers.
+fn decode_configuration(bytes: &[u8]) -> Result<Vec<Server>, String> {
+    let short = || format!("ends early ({} bytes)", bytes.len());
+    let mut cursor = Cursor::new(bytes, 0);
+    let format = cursor.u8().ok_or_else(|| "is empty".to_string())?;
+    if format != CONFIGURATION_FORMAT {
+        return Err(format!("has encoding format {format}"));
+    }
+    let count = cursor.u64().ok_or_else(short)?;
+    let mut servers = Vec::new();
+    let mut ids = HashSet::new();
+    let mut addresses = HashSet::new();
+    // Each server takes at least 10 bytes, so a bogus count runs out of bytes soon.
+    for _ in 0..count {
+        let id = cursor.u64().ok_or_else(short)?;
+        let rest = bytes.get(cursor.offset..).unwrap_or_default();
+        let len = rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| format!("has an address without a terminator (server {id})"))?;
+        let address = cursor.take(len).ok_or_else(short)?;
+        cursor.take(1).ok_or_else(short)?;
+        let role = match cursor.u8().ok_or_else(short)? {
+            RAFT_VOTER => ROLE_VOTER,
+            RAFT_STANDBY => ROLE_STANDBY,
+            RAFT_SPARE => ROLE_SPARE,
+            other => return Err(format!("gives server {id} the unknown role {other}")),
+        };
+        if id == 0 {
+            return Err("has a server with id 0".to_string());
+        }
+        let address = String::from_utf8(address.to_vec())
+            .map_err(|_| format!("gives server {id} an address that is not UTF-8"))?;
+        if !ids.insert(id) {
+            return Err(format!("lists server {id} twice"));
+        }
+        if !addresses.insert(address.clone()) {
+            return Err(format!("lists address {address} twice"));
+        }
+        servers.push(Server { id, address, role });
+    }
+    Ok(servers)
+}
+
+/// A snapshot's `.meta` file (`uvSnapshotLoadMeta`, the same in 0.11.3 and 0.15.0): u64 format
+/// (1), u64 whose low 32 bits are the checksum, u64 configuration index, u64 configuration
+/// length (neither 0 nor above 1 MiB), then the encoded configuration. The checksum covers the
+/// index and length words, then the configuration. A file too short for the header or for the
+/// length is a short read; bytes after the configuration are not looked at.
+fn read_snapshot_meta(name: &str, bytes: &[u8]) -> Result<(u64, Vec<Server>), RaftLogError> {
+    let bad = |problem: String| RaftLogError::BadSnapshotMeta {
+        file: name.to_string(),
+        problem,
+    };
+    let mut cursor = Cursor::new(bytes, 0);
+    let (Some(format), Some(crc), Some(index), Some(len)) =
+        (cursor.u64(), cursor.u64(), cursor.u64(), cursor.u64())
+    else {
+        return Err(bad(format!("file has only {} bytes", bytes.len())));
+    };
+    if format != DISK_FORMAT {
+        return Err(bad(format!("format version {format}")));
+    }
+    if len == 0 || len > MAX_META_CONFIGURATION {
+        return Err(bad(format!("configuration length {len}")));
+    }
+    let configuration = usize::try_from(len)
+        .ok()
+        .and_then(|len| cursor.take(len))
+        .ok_or_else(|| {
+            bad(format!(
+                "file has {} bytes, too few for a {len}-byte configuration",
+                bytes.len()
+            ))
+        })?;
+    let covered = bytes.get(16..SNAPSHOT_META_HEADER).unwrap_or_default();
+    if crc as u32 != crc32(configuration, crc32(covered, 0)) {
+        return Err(bad("checksum mismatch".to_string()));
+    }
+    decode_entry(name, index, configuration)
+}
+
 // ---- segments ---------------------------------------------------------------------------
 
-/// The entry count of the batches read and the term of the last entry.
-#[derive(Debug, Clone, Copy)]
+/// What a run of batches holds: the entry count, the term of the last entry and the last
+/// `RAFT_CHANGE` entry, as its position among the entries (from 0) and where its data lies in
+/// the file.
+#[derive(Debug, Clone)]
 struct Batches {
     entries: u64,
     last_term: u64,
+    last_change: Option<(u64, Range<usize>)>,
+}
+
+impl Batches {
+    /// `self` followed by `next`.
+    fn then(self, next: Batches) -> Batches {
+        let last_change = match next.last_change {
+            Some((position, data)) => Some((self.entries.saturating_add(position), data)),
+            None => self.last_change,
+        };
+        Batches {
+            entries: self.entries.saturating_add(next.entries),
+            last_term: next.last_term,
+            last_change,
+        }
+    }
 }
 
 /// How a batch failed to load, in the classes libraft's loader tells apart.
@@ -452,8 +730,8 @@ fn segment_format(name: &str, bytes: &[u8]) -> Result<u64, RaftLogError> {
         .ok_or_else(|| bad_segment(name, 0, format!("file has only {} bytes", bytes.len())))
 }
 
-/// Checks a closed segment throughout and returns the term of its last entry.
-fn read_closed_segment(segment: &ClosedSegment, bytes: &[u8]) -> Result<u64, RaftLogError> {
+/// Checks a closed segment throughout and returns what it holds.
+fn read_closed_segment(segment: &ClosedSegment, bytes: &[u8]) -> Result<Batches, RaftLogError> {
     let name = segment.name;
     if bytes.is_empty() {
         return Err(bad_segment(name, 0, "file is empty".to_string()));
@@ -463,24 +741,28 @@ fn read_closed_segment(segment: &ClosedSegment, bytes: &[u8]) -> Result<u64, Raf
         return Err(bad_segment(name, 0, format!("format version {format}")));
     }
     let mut offset = 8;
-    let mut entries: u64 = 0;
+    let mut loaded: Option<Batches> = None;
     // Like libraft, at least one batch, then batches until one ends at the end of the file.
-    let last_term = loop {
+    let loaded = loop {
         let batch = read_batch(bytes, &mut offset).map_err(|e| e.into_error(name, offset))?;
-        entries = entries.saturating_add(batch.entries);
+        let so_far = match loaded.take() {
+            Some(so_far) => so_far.then(batch),
+            None => batch,
+        };
         if offset == bytes.len() {
-            break batch.last_term;
+            break so_far;
         }
+        loaded = Some(so_far);
     };
     let expected = segment.last.saturating_sub(segment.first).saturating_add(1);
-    if entries != expected {
+    if loaded.entries != expected {
         return Err(bad_segment(
             name,
             offset,
-            format!("{entries} entries where the name says {expected}"),
+            format!("{} entries where the name says {expected}", loaded.entries),
         ));
     }
-    Ok(last_term)
+    Ok(loaded)
 }
 
 /// The valid batches at the start of an open segment; `None` when it holds none.
@@ -502,11 +784,9 @@ fn read_open_segment(name: &str, bytes: &[u8]) -> Result<Option<Batches>, RaftLo
     loop {
         match read_batch(bytes, &mut offset) {
             Ok(batch) => {
-                loaded = Some(Batches {
-                    entries: loaded
-                        .map_or(0, |so_far| so_far.entries)
-                        .saturating_add(batch.entries),
-                    last_term: batch.last_term,
+                loaded = Some(match loaded.take() {
+                    Some(so_far) => so_far.then(batch),
+                    None => batch,
                 });
                 if offset == bytes.len() {
                     break;
@@ -551,22 +831,25 @@ fn read_batch(bytes: &[u8], offset: &mut usize) -> Result<Batches, BatchError> {
         return Err(BatchError::Corrupt("header checksum mismatch".to_string()));
     }
 
+    let data_start = cursor.offset;
     let mut headers = Cursor::new(entry_headers, 0);
     let mut data_len: u64 = 0;
     let mut last_term = 0;
-    while let (Some(term), Some(kind), Some(_unused), Some(len)) = (
-        headers.u64(),
-        headers.take(1),
-        headers.take(3),
-        headers.u32(),
-    ) {
-        let kind = kind.first().copied().unwrap_or_default();
-        // RAFT_COMMAND, RAFT_BARRIER, RAFT_CHANGE.
-        if !(1..=3).contains(&kind) {
+    let mut position: u64 = 0;
+    // Position, data offset from `data_start` and data length of the last RAFT_CHANGE entry.
+    let mut last_change: Option<(u64, u64, u64)> = None;
+    while let (Some(term), Some(kind), Some(_unused), Some(len)) =
+        (headers.u64(), headers.u8(), headers.take(3), headers.u32())
+    {
+        if !(ENTRY_COMMAND..=ENTRY_CHANGE).contains(&kind) {
             return Err(BatchError::Fatal(format!("unknown entry type {kind}")));
+        }
+        if kind == ENTRY_CHANGE {
+            last_change = Some((position, data_len, u64::from(len)));
         }
         data_len = data_len.saturating_add(u64::from(len));
         last_term = term;
+        position = position.saturating_add(1);
     }
     let data = usize::try_from(data_len)
         .ok()
@@ -576,9 +859,16 @@ fn read_batch(bytes: &[u8], offset: &mut usize) -> Result<Batches, BatchError> {
         return Err(BatchError::Corrupt("data checksum mismatch".to_string()));
     }
     *offset = cursor.offset;
+    // The data was all there, so these ranges lie inside the file.
+    let last_change = last_change.and_then(|(position, start, len)| {
+        let start = data_start.checked_add(usize::try_from(start).ok()?)?;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        Some((position, start..end))
+    });
     Ok(Batches {
         entries: count,
         last_term,
+        last_change,
     })
 }
 
@@ -598,6 +888,10 @@ impl<'a> Cursor<'a> {
         let taken = self.bytes.get(self.offset..end)?;
         self.offset = end;
         Some(taken)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1)?.first().copied()
     }
 
     fn u32(&mut self) -> Option<u32> {
@@ -728,7 +1022,30 @@ mod tests {
         fn last(&self) -> Option<Entry> {
             self.summary().unwrap().last
         }
+
+        /// Runs [`last_configuration`], checking it only reads what [`configuration_files`]
+        /// lists; also returns the files read, in order.
+        fn configuration_and_reads(&self) -> (Configuration, Vec<String>) {
+            let names = self.names();
+            let allowed = configuration_files(&names);
+            let mut reads = Vec::new();
+            let found = last_configuration(&names, |name| {
+                assert!(
+                    allowed.iter().any(|a| a == name),
+                    "read {name} not in {allowed:?}"
+                );
+                reads.push(name.to_string());
+                self.0.get(name).cloned()
+            });
+            (found, reads)
+        }
+
+        fn configuration(&self) -> Configuration {
+            self.configuration_and_reads().0
+        }
     }
+
+    type Configuration = Result<Option<(u64, Vec<Server>)>, RaftLogError>;
 
     fn file(name: impl Into<String>, bytes: Vec<u8>) -> (String, Vec<u8>) {
         (name.into(), bytes)
@@ -1151,6 +1468,422 @@ mod tests {
         assert!(Entry { term: 3, index: 9 } < newer);
     }
 
+    // ---- configurations ----
+
+    /// `configurationEncode`: (id, address, libraft role) per server, padded to 8 bytes.
+    fn encoded(servers: &[(u64, &str, u8)]) -> Vec<u8> {
+        let mut out = vec![CONFIGURATION_FORMAT];
+        out.extend((servers.len() as u64).to_le_bytes());
+        for (id, address, role) in servers {
+            out.extend(id.to_le_bytes());
+            out.extend(address.as_bytes());
+            out.push(0);
+            out.push(*role);
+        }
+        out.resize(out.len().div_ceil(8) * 8, 0);
+        out
+    }
+
+    /// A batch holding one RAFT_CHANGE entry.
+    fn change(term: u64, configuration: &[u8]) -> Vec<u8> {
+        batch_of_type(&[(term, configuration)], ENTRY_CHANGE)
+    }
+
+    /// A snapshot `.meta` file as `UvSnapshotPut` writes it.
+    fn meta(configuration_index: u64, configuration: &[u8]) -> Vec<u8> {
+        let len = configuration.len() as u64;
+        let covered: Vec<u8> = [configuration_index, len]
+            .iter()
+            .flat_map(|word| word.to_le_bytes())
+            .collect();
+        let crc = crc32(configuration, crc32(&covered, 0));
+        let mut out = DISK_FORMAT.to_le_bytes().to_vec();
+        out.extend(u64::from(crc).to_le_bytes());
+        out.extend(covered);
+        out.extend_from_slice(configuration);
+        out
+    }
+
+    fn snapshot_with_meta(term: u64, index: u64, meta: Vec<u8>) -> Vec<(String, Vec<u8>)> {
+        let name = format!("snapshot-{term}-{index}-1");
+        vec![file(format!("{name}.meta"), meta), file(name, vec![1])]
+    }
+
+    fn server(id: u64, address: &str, role: u64) -> Server {
+        Server {
+            id,
+            address: address.to_string(),
+            role,
+        }
+    }
+
+    fn one_voter(id: u64) -> Vec<u8> {
+        encoded(&[(id, &format!("10.0.0.{id}:19001"), RAFT_VOTER)])
+    }
+
+    fn is_voter(id: u64) -> Vec<Server> {
+        vec![server(id, &format!("10.0.0.{id}:19001"), ROLE_VOTER)]
+    }
+
+    fn hex(words: &[&str]) -> Vec<u8> {
+        words
+            .iter()
+            .flat_map(|hex| {
+                (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn decodes_configurations_written_by_libraft() {
+        // The data of the bootstrap entry in `reads_a_batch_written_by_libraft`.
+        let entry = hex(&[
+            "0101000000000000",
+            "00be55318c8571c1",
+            "2d3132372e302e37",
+            "372e313a32393030",
+            "3100010000000000",
+        ]);
+        let node = server(0x2dc1_7185_8c31_55be, "127.0.77.1:29001", ROLE_VOTER);
+        assert_eq!(decode_configuration(&entry), Ok(vec![node.clone()]));
+        assert_eq!(entry, encoded(&[(node.id, &node.address, RAFT_VOTER)]));
+        // A `.meta` file dqlite-demo wrote once the entry was compacted away.
+        let snapshot_meta = hex(&[
+            "0100000000000000",
+            "4f21669a00000000",
+            "0100000000000000",
+            "2800000000000000",
+            "0101000000000000",
+            "00be55318c8571c1",
+            "2d3132372e302e37",
+            "372e31303a323930",
+            "3031000100000000",
+        ]);
+        assert_eq!(
+            read_snapshot_meta("m", &snapshot_meta),
+            Ok((1, vec![server(node.id, "127.0.77.10:29001", ROLE_VOTER)]))
+        );
+        assert_eq!(
+            snapshot_meta,
+            meta(1, &encoded(&[(node.id, "127.0.77.10:29001", 1)]))
+        );
+    }
+
+    #[test]
+    fn roles_are_translated_to_dqlite_codes() {
+        let bytes = encoded(&[
+            (1, "a:1", RAFT_STANDBY),
+            (2, "b:1", RAFT_VOTER),
+            (3, "c:1", RAFT_SPARE),
+        ]);
+        assert_eq!(
+            decode_configuration(&bytes),
+            Ok(vec![
+                server(1, "a:1", ROLE_STANDBY),
+                server(2, "b:1", ROLE_VOTER),
+                server(3, "c:1", ROLE_SPARE),
+            ])
+        );
+        assert_eq!((ROLE_VOTER, ROLE_STANDBY, ROLE_SPARE), (0, 1, 2));
+    }
+
+    #[test]
+    fn malformed_configurations_are_errors() {
+        let good = encoded(&[(1, "a:1", RAFT_VOTER), (2, "b:1", RAFT_SPARE)]);
+        let mut other_format = good.clone();
+        other_format[0] = 2;
+        let mut count_too_high = good.clone();
+        count_too_high[1] = 3;
+        // The second address runs to the end of the buffer.
+        let no_terminator = [&good[..30], b"abcd"].concat();
+        let mut cases = vec![
+            Vec::new(),
+            other_format,
+            count_too_high,
+            no_terminator,
+            encoded(&[(1, "a:1", 3)]),
+            encoded(&[(0, "a:1", RAFT_VOTER)]),
+            encoded(&[(1, "a:1", RAFT_VOTER), (1, "b:1", RAFT_VOTER)]),
+            encoded(&[(1, "a:1", RAFT_VOTER), (2, "a:1", RAFT_VOTER)]),
+        ];
+        let mut not_utf8 = encoded(&[(1, "a:1", RAFT_VOTER)]);
+        not_utf8[17] = 0xff;
+        cases.push(not_utf8);
+        // Cut anywhere inside the servers.
+        let unpadded = 1 + 8 + 2 * (8 + 4 + 1);
+        cases.extend((1..unpadded).map(|len| good[..len].to_vec()));
+        for (i, bytes) in cases.iter().enumerate() {
+            assert!(decode_configuration(bytes).is_err(), "case {i}: {bytes:?}");
+        }
+        // The padding, or anything else after the last server, is not looked at.
+        assert!(decode_configuration(&good[..unpadded]).is_ok());
+        let mut trailing = good.clone();
+        trailing.extend(b"whatever");
+        assert_eq!(decode_configuration(&trailing), decode_configuration(&good));
+        // libraft decodes a count of 0 to an empty configuration.
+        assert_eq!(decode_configuration(&encoded(&[])), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn no_configuration() {
+        assert_eq!(Dir::new(vec![]).configuration(), Ok(None));
+        let dir = Dir::new(vec![
+            file("metadata1", metadata(1, 1, 1)),
+            file(closed_name(1, 2), segment(&batches(1, 2))),
+        ]);
+        assert_eq!(dir.configuration(), Ok(None));
+    }
+
+    #[test]
+    fn a_configuration_in_an_open_segment() {
+        let dir = Dir::new(vec![
+            file("metadata1", metadata(1, 2, 1)),
+            file(closed_name(1, 1), segment(&change(1, &one_voter(1)))),
+            file(
+                "open-1",
+                open_segment(
+                    &[batches(1, 2), change(2, &one_voter(2)), batches(2, 3)].concat(),
+                    4096,
+                ),
+            ),
+            file("open-2", open_segment(&[], 4096)),
+        ]);
+        let (found, reads) = dir.configuration_and_reads();
+        assert_eq!(found, Ok(Some((4, is_voter(2)))));
+        // The open segments are enough.
+        assert_eq!(reads, ["open-1", "open-2"]);
+        assert_eq!(
+            configuration_files(&dir.names()),
+            ["open-1", "open-2", &closed_name(1, 1)]
+        );
+        // The entries of a later open segment follow on from the earlier one's.
+        let dir = Dir::new(vec![
+            file(
+                "open-1",
+                open_segment(&[change(1, &one_voter(1)), batches(1, 2)].concat(), 4096),
+            ),
+            file(
+                "open-2",
+                open_segment(&[batches(1, 1), change(3, &one_voter(3))].concat(), 4096),
+            ),
+        ]);
+        assert_eq!(dir.configuration(), Ok(Some((5, is_voter(3)))));
+    }
+
+    #[test]
+    fn the_last_change_entry_of_a_batch_counts() {
+        let two = one_voter(2);
+        let three = one_voter(3);
+        let mixed = batch_of_type(&[(1, &two), (1, &three)], ENTRY_CHANGE);
+        let dir = Dir::new(vec![file(
+            "open-1",
+            open_segment(&[batches(1, 1), mixed].concat(), 4096),
+        )]);
+        assert_eq!(dir.configuration(), Ok(Some((3, is_voter(3)))));
+    }
+
+    #[test]
+    fn closed_segments_are_read_newest_first_until_a_configuration() {
+        let dir = Dir::new(vec![
+            file(closed_name(1, 1), segment(&change(1, &one_voter(1)))),
+            file(
+                closed_name(2, 4),
+                segment(&[batches(1, 1), change(1, &one_voter(2)), batches(2, 1)].concat()),
+            ),
+            file(closed_name(5, 6), segment(&batches(2, 2))),
+            file("open-3", open_segment(&batches(2, 2), 4096)),
+        ]);
+        let (found, reads) = dir.configuration_and_reads();
+        assert_eq!(found, Ok(Some((3, is_voter(2)))));
+        assert_eq!(reads, ["open-3", &closed_name(5, 6), &closed_name(2, 4)]);
+        // Only the entry that counts is decoded: a bad older one does not matter.
+        let dir = Dir::new(vec![
+            file(closed_name(1, 1), segment(&change(1, &[9; 8]))),
+            file(closed_name(2, 2), segment(&change(1, &one_voter(2)))),
+        ]);
+        assert_eq!(dir.configuration(), Ok(Some((2, is_voter(2)))));
+        let dir = Dir::new(vec![
+            file(closed_name(1, 1), segment(&change(1, &one_voter(1)))),
+            file(closed_name(2, 2), segment(&change(1, &[9; 8]))),
+        ]);
+        assert!(matches!(
+            dir.configuration(),
+            Err(RaftLogError::BadConfiguration { index: 2, .. })
+        ));
+        // A closed segment read on the way is checked like last_entry checks it.
+        let dir = Dir::new(vec![
+            file(closed_name(1, 1), segment(&change(1, &one_voter(1)))),
+            file(closed_name(2, 3), segment(&batches(1, 1))),
+        ]);
+        assert!(matches!(
+            dir.configuration(),
+            Err(RaftLogError::BadSegment { .. })
+        ));
+    }
+
+    #[test]
+    fn a_torn_configuration_entry_does_not_count() {
+        let torn = change(2, &one_voter(2));
+        let mut bad_data = torn.clone();
+        let last = bad_data.len() - 1;
+        bad_data[last] ^= 1;
+        let mut half = torn[..24].to_vec();
+        half.resize(torn.len(), 0);
+        for tail in [bad_data, half] {
+            let dir = Dir::new(vec![
+                file(closed_name(1, 1), segment(&change(1, &one_voter(1)))),
+                file(
+                    "open-1",
+                    open_segment(&[batches(1, 2), tail].concat(), 4096),
+                ),
+            ]);
+            assert_eq!(dir.configuration(), Ok(Some((1, is_voter(1)))));
+        }
+        // But an open segment libraft refuses is an error.
+        let dir = Dir::new(vec![
+            file(closed_name(1, 1), segment(&change(1, &one_voter(1)))),
+            file("open-1", segment(&torn[..torn.len() - 8])),
+        ]);
+        assert!(matches!(
+            dir.configuration(),
+            Err(RaftLogError::BadSegment { .. })
+        ));
+    }
+
+    #[test]
+    fn a_configuration_only_in_the_snapshot() {
+        let mut files = snapshot_with_meta(2, 100, meta(40, &one_voter(4)));
+        files.extend(snapshot_with_meta(2, 50, meta(30, &one_voter(3))));
+        files.push(file(closed_name(1, 1), segment(&change(1, &one_voter(1)))));
+        let dir = Dir::new(files);
+        let (found, reads) = dir.configuration_and_reads();
+        assert_eq!(found, Ok(Some((40, is_voter(4)))));
+        // The compacted segment does not count and is not read.
+        assert_eq!(reads, ["snapshot-2-100-1.meta"]);
+        // Segments after the snapshot without a configuration entry.
+        let mut files = snapshot_with_meta(2, 100, meta(40, &one_voter(4)));
+        files.push(file(closed_name(90, 110), segment(&batches(2, 21))));
+        files.push(file("open-7", open_segment(&batches(3, 2), 4096)));
+        assert_eq!(Dir::new(files).configuration(), Ok(Some((40, is_voter(4)))));
+    }
+
+    #[test]
+    fn the_log_overrides_the_snapshot() {
+        // As in libraft's restoreEntries: the last change entry loaded wins, wherever it is.
+        let mut files = snapshot_with_meta(2, 100, meta(80, &one_voter(4)));
+        files.push(file(
+            closed_name(60, 110),
+            segment(&[batches(2, 10), change(2, &one_voter(7)), batches(2, 40)].concat()),
+        ));
+        let dir = Dir::new(files.clone());
+        assert_eq!(dir.configuration(), Ok(Some((70, is_voter(7)))));
+        files.push(file(
+            "open-1",
+            open_segment(&change(3, &one_voter(8)), 4096),
+        ));
+        assert_eq!(
+            Dir::new(files).configuration(),
+            Ok(Some((111, is_voter(8))))
+        );
+        // Only open segments after the snapshot.
+        let mut files = snapshot_with_meta(2, 100, meta(80, &one_voter(4)));
+        files.push(file(
+            "open-1",
+            open_segment(&[batches(2, 1), change(3, &one_voter(8))].concat(), 4096),
+        ));
+        assert_eq!(
+            Dir::new(files).configuration(),
+            Ok(Some((102, is_voter(8))))
+        );
+    }
+
+    #[test]
+    fn bad_snapshot_meta_files_are_errors() {
+        let good = meta(40, &one_voter(4));
+        let mut bad_crc = good.clone();
+        bad_crc[8] ^= 1;
+        let mut bad_index = good.clone();
+        bad_index[16] ^= 1;
+        let mut bad_format = good.clone();
+        bad_format[0] = 2;
+        let mut high_crc_bits = good.clone();
+        high_crc_bits[12] = 0xff; // only the low 32 bits are the checksum
+        let mut trailing = good.clone();
+        trailing.extend([1, 2, 3]);
+        assert!(read_snapshot_meta("m", &high_crc_bits).is_ok());
+        assert!(read_snapshot_meta("m", &trailing).is_ok());
+        let mut too_long = meta(40, &one_voter(4));
+        too_long[24..32].copy_from_slice(&(MAX_META_CONFIGURATION + 8).to_le_bytes());
+        let cases = [
+            bad_crc,
+            bad_index,
+            bad_format,
+            too_long,
+            meta(40, &[]),
+            good[..31].to_vec(),
+            good[..good.len() - 1].to_vec(),
+            Vec::new(),
+        ];
+        for (i, bytes) in cases.into_iter().enumerate() {
+            assert!(
+                matches!(
+                    read_snapshot_meta("m", &bytes),
+                    Err(RaftLogError::BadSnapshotMeta { .. })
+                ),
+                "case {i}"
+            );
+        }
+        assert!(matches!(
+            read_snapshot_meta("m", &meta(40, &[7; 16])),
+            Err(RaftLogError::BadConfiguration { index: 40, .. })
+        ));
+        // libraft loads the newest snapshot's .meta even when the log has a configuration.
+        let mut files = snapshot_with_meta(2, 100, good[..20].to_vec());
+        files.push(file(
+            "open-1",
+            open_segment(&change(3, &one_voter(8)), 4096),
+        ));
+        assert!(matches!(
+            Dir::new(files).configuration(),
+            Err(RaftLogError::BadSnapshotMeta { .. })
+        ));
+    }
+
+    #[test]
+    fn configuration_directories_libraft_refuses() {
+        // Names that do not add up.
+        let dir = Dir::new(vec![
+            file(closed_name(1, 2), Vec::new()),
+            file(closed_name(4, 5), Vec::new()),
+        ]);
+        assert!(configuration_files(&dir.names()).is_empty());
+        assert!(matches!(
+            dir.configuration(),
+            Err(RaftLogError::BadSequence(_))
+        ));
+        // Entries ending before the snapshot.
+        let mut files = snapshot_with_meta(2, 100, meta(40, &one_voter(4)));
+        files.push(file(closed_name(50, 60), segment(&batches(2, 11))));
+        files.push(file(
+            "open-3",
+            open_segment(&change(2, &one_voter(5)), 4096),
+        ));
+        assert!(matches!(
+            Dir::new(files).configuration(),
+            Err(RaftLogError::BadSequence(_))
+        ));
+        // A listed file that cannot be read.
+        let names = vec!["open-1".to_string()];
+        assert_eq!(
+            last_configuration(&names, |_| None),
+            Err(RaftLogError::Unreadable {
+                file: "open-1".into()
+            })
+        );
+    }
+
     // ---- garbage never panics ----
 
     mod garbage {
@@ -1179,6 +1912,33 @@ mod tests {
             ) {
                 let dir = Dir::new(files);
                 let _ = dir.summary();
+                let _ = dir.configuration();
+            }
+
+            #[test]
+            fn arbitrary_configurations(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+                let _ = decode_configuration(&bytes);
+                let _ = read_snapshot_meta("m", &bytes);
+                let mut with_format = vec![CONFIGURATION_FORMAT];
+                with_format.extend(&bytes);
+                let _ = decode_configuration(&with_format);
+            }
+
+            #[test]
+            fn mutated_configurations(
+                flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+                cut in any::<usize>(),
+                in_meta in any::<bool>(),
+            ) {
+                let configuration = encoded(&[(1, "a:1", RAFT_VOTER), (2, "bb:2", RAFT_SPARE)]);
+                let mut bytes = if in_meta { meta(5, &configuration) } else { configuration };
+                for (at, value) in flips {
+                    let at = at % bytes.len();
+                    bytes[at] = value;
+                }
+                bytes.truncate(cut % (bytes.len() + 1));
+                let _ = decode_configuration(&bytes);
+                let _ = read_snapshot_meta("m", &bytes);
             }
 
             #[test]
@@ -1187,17 +1947,25 @@ mod tests {
                 cut in any::<usize>(),
                 open in any::<bool>(),
             ) {
-                let mut bytes = segment(&[batches(1, 2), batch(&[(2, &[3; 24]), (2, &[])])].concat());
-                bytes.resize(160, 0);
+                let configuration = encoded(&[(1, "a:1", RAFT_VOTER)]);
+                let mut bytes = segment(&[
+                    batches(1, 2),
+                    batch(&[(2, &[3; 24]), (2, &[])]),
+                    change(2, &configuration),
+                ].concat());
+                bytes.resize(bytes.len() + 40, 0);
                 for (at, value) in flips {
                     let at = at % bytes.len();
                     bytes[at] = value;
                 }
                 bytes.truncate(cut % (bytes.len() + 1));
-                let name = if open { "open-1".to_string() } else { closed_name(1, 4) };
+                let name = if open { "open-1".to_string() } else { closed_name(1, 5) };
                 let dir = Dir::new(vec![file(name, bytes)]);
                 if let Ok(LogSummary { last: Some(entry), .. }) = dir.summary() {
-                    prop_assert!(entry.index <= 4);
+                    prop_assert!(entry.index <= 5);
+                }
+                if let Ok(Some((index, _))) = dir.configuration() {
+                    prop_assert_eq!(index, 5);
                 }
             }
         }

@@ -79,6 +79,40 @@ pub fn last_entry(backend: &Path) -> Result<LogSummary, RecoveryError> {
     })
 }
 
+/// The configuration the log in `backend` ends with (what raft itself starts from; unlike
+/// `cluster.yaml`, never stale), or `None` for a log without one.
+pub fn last_configuration(backend: &Path) -> Result<Option<Vec<NodeInfo>>, RecoveryError> {
+    let names =
+        state::list_dir(backend)?.ok_or_else(|| RecoveryError::NoBackend(backend.into()))?;
+    let mut failed = None;
+    let found = raft_log::last_configuration(&names, |name| {
+        match state::read_bytes(&backend.join(name)) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                failed.get_or_insert(e);
+                None
+            }
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    let found = found.map_err(|source| RecoveryError::Log {
+        dir: backend.into(),
+        source,
+    })?;
+    Ok(found.map(|(_, servers)| {
+        servers
+            .into_iter()
+            .map(|s| NodeInfo {
+                id: s.id,
+                address: s.address,
+                role: super::Role::from_code(s.role).unwrap_or(super::Role::Spare),
+            })
+            .collect()
+    }))
+}
+
 /// Copies `backend` whole to `backend.recover-backup-<stamp>` (another name if that exists);
 /// returns the backup's path. Backups are never deleted by the agent.
 pub fn backup(backend: &Path, stamp: &str) -> Result<PathBuf, RecoveryError> {

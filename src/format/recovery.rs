@@ -65,6 +65,9 @@ pub struct SurvivorReport {
     /// Another recovery holds this survivor now (its lease has not run out).
     #[serde(default)]
     pub busy_with: Option<String>,
+    /// The configuration its log ends with (empty: none could be read).
+    #[serde(default)]
+    pub configuration: Vec<RecoveredMember>,
 }
 
 /// The answer to `prepare`: the member is stopped and its data backed up.

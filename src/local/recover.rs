@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ErrorKind, Refusal};
-use super::status::{self, Condition};
+use super::status;
 use crate::clients::recovery::{CallError, RecoveryClient};
 use crate::cluster::node::Node;
 use crate::cluster::recovery as survivor;
@@ -336,47 +336,45 @@ pub async fn recover(node: &Node, req: RecoverRequest) -> Result<RecoverResponse
     }
     let (own_id, own_address) = files::read_info(&node.state().layout().backend_dir())?
         .ok_or_else(|| RecoverError::NotControlPlane("no info.yaml in the backend".into()))?;
-    let report = status::status(node).await;
-    let condition = if report.reasons.is_empty() {
-        "healthy".to_string()
-    } else {
-        report.reasons.join("; ")
-    };
     let own_record =
         survivor::read_record(node).map_err(|e| RecoverError::Internal(e.to_string()))?;
 
-    // The last configuration this node saw, and every member in it probed.
-    let mut config: Vec<NodeInfo> = report
-        .members
-        .iter()
-        .map(|m| NodeInfo {
-            id: m.id,
-            address: m.address.clone(),
-            role: match m.role.as_str() {
-                "voter" => Role::Voter,
-                "standby" => Role::StandBy,
-                _ => Role::Spare,
-            },
-        })
-        .collect();
+    // The configuration this node's log ends with (what raft itself starts from; the
+    // leader's view or `cluster.yaml` may be stale), else the one `status` saw.
+    let backend = node.state().layout().backend_dir();
+    let from_log = crate::sys::blocking::blocking(move || {
+        crate::dqlite::recovery::last_configuration(&backend)
+            .map_err(|e| RecoverError::Internal(e.to_string()))
+    })
+    .await;
+    let mut config: Vec<NodeInfo> = match from_log {
+        Ok(Some(c)) if !c.is_empty() => c,
+        other => {
+            if let Err(e) = other {
+                tracing::warn!(error = %e, "cannot read the configuration from this member's log; using the last one this node saw");
+            }
+            status::status(node)
+                .await
+                .members
+                .iter()
+                .map(|m| NodeInfo {
+                    id: m.id,
+                    address: m.address.clone(),
+                    role: match m.role.as_str() {
+                        "voter" => Role::Voter,
+                        "standby" => Role::StandBy,
+                        _ => Role::Spare,
+                    },
+                })
+                .collect()
+        }
+    };
     if !config.iter().any(|m| m.id == own_id) {
         config.push(NodeInfo {
             id: own_id,
             address: own_address.clone(),
             role: Role::Voter,
         });
-    }
-    for wanted in &req.survivors {
-        if !config.iter().any(|m| names(wanted, m)) {
-            let listed: Vec<String> = config
-                .iter()
-                .map(|m| format!("{} ({:#x})", m.address, m.id))
-                .collect();
-            return Err(RecoverError::BadSurvivor(format!(
-                "{wanted} is not a member of this cluster (members: {}). Nothing was changed.",
-                listed.join(", ")
-            )));
-        }
     }
 
     let coordinator =
@@ -394,28 +392,64 @@ pub async fn recover(node: &Node, req: RecoverRequest) -> Result<RecoverResponse
         },
     };
 
-    // Survey every member at once.
+    // Survey every member at once; members another survivor's log lists and this node's
+    // does not are surveyed in a second round.
     let crew_ref = &crew;
-    let mut surveys = Vec::new();
-    for member in &config {
-        let whom = if member.id == own_id {
-            Some(Whom::Here)
-        } else {
-            agent_of(node, member).map(Whom::There)
-        };
-        surveys.push(async move {
-            let answer = match &whom {
-                Some(w) => crew_ref.survey(w).await,
-                None => Err(format!(
-                    "{} is not an IP address this node can reach",
-                    member.address
-                )),
+    let mut answers = Vec::new();
+    let mut round: Vec<NodeInfo> = config.clone();
+    for _ in 0..2 {
+        let mut surveys = Vec::new();
+        for member in round {
+            let whom = if member.id == own_id {
+                Some(Whom::Here)
+            } else {
+                agent_of(node, &member).map(Whom::There)
             };
-            (member.clone(), whom, answer)
-        });
+            surveys.push(async move {
+                let answer = match &whom {
+                    Some(w) => crew_ref.survey(w).await,
+                    None => Err(format!(
+                        "{} is not an IP address this node can reach",
+                        member.address
+                    )),
+                };
+                (member, whom, answer)
+            });
+        }
+        let got = futures_join_all(surveys).await;
+        let mut more: Vec<NodeInfo> = Vec::new();
+        for (_, _, answer) in &got {
+            for m in answer.iter().flat_map(|a| &a.configuration) {
+                if !config.iter().chain(&more).any(|c| c.id == m.id) {
+                    more.push(NodeInfo {
+                        id: m.id,
+                        address: m.address.clone(),
+                        role: Role::from_code(m.role).unwrap_or(Role::Spare),
+                    });
+                }
+            }
+        }
+        answers.extend(got);
+        config.extend(more.iter().cloned());
+        if more.is_empty() {
+            break;
+        }
+        round = more;
     }
-    let answers = futures_join_all(surveys).await;
+    for wanted in &req.survivors {
+        if !config.iter().any(|m| names(wanted, m)) {
+            let listed: Vec<String> = config
+                .iter()
+                .map(|m| format!("{} ({:#x})", m.address, m.id))
+                .collect();
+            return Err(RecoverError::BadSurvivor(format!(
+                "{wanted} is not a member of this cluster (members: {}). Nothing was changed.",
+                listed.join(", ")
+            )));
+        }
+    }
     let mut kept: Vec<Survivor> = Vec::new();
+    let mut running: Vec<u64> = Vec::new();
     let mut dropped: Vec<PlannedMember> = Vec::new();
     let named = |m: &NodeInfo| {
         req.survivors.is_empty() || m.id == own_id || req.survivors.iter().any(|w| names(w, m))
@@ -437,6 +471,9 @@ pub async fn recover(node: &Node, req: RecoverRequest) -> Result<RecoverResponse
         };
         match (whom, answer) {
             (Some(whom), Ok(survey)) if survey.id == member.id => {
+                if survey.member_running {
+                    running.push(member.id);
+                }
                 if let Some(busy) = survey
                     .busy_with
                     .as_ref()
@@ -492,7 +529,20 @@ pub async fn recover(node: &Node, req: RecoverRequest) -> Result<RecoverResponse
         }
     }
 
-    let quorum_lost = report.condition == Condition::Unavailable;
+    // The quorum, as the survivors answer: a voter counts when its agent answers and its
+    // member runs.
+    let voters: Vec<&NodeInfo> = config.iter().filter(|m| m.role == Role::Voter).collect();
+    let voting = voters.iter().filter(|v| running.contains(&v.id)).count();
+    let quorum_lost = voting * 2 <= voters.len();
+    let condition = format!(
+        "{}: {voting} of {} voters answer with their member running",
+        if quorum_lost {
+            "quorum lost"
+        } else {
+            "quorum holds"
+        },
+        voters.len()
+    );
     if !quorum_lost && !req.force && unfinished.is_none() {
         return Err(RecoverError::QuorumHolds(condition));
     }
@@ -606,6 +656,7 @@ async fn execute(
     kept: Vec<Survivor>,
     mut plan: RecoveryPlan,
 ) -> Result<RecoverResponse, RecoverError> {
+    let clock = std::time::Instant::now();
     let mut messages = Vec::new();
     tracing::warn!(run = %crew.run.run, survivors = kept.len(), dropped = plan.dropped.len(), "recovering the cluster from its survivors");
 
@@ -641,6 +692,7 @@ async fn execute(
     }
     node.checkpoint("recover-prepared").await.ok();
 
+    tracing::info!(run = %crew.run.run, elapsed_ms = clock.elapsed().as_millis() as u64, "every survivor prepared");
     // 2. The winner, from the logs read with every member stopped.
     let own_id = files::read_info(&node.state().layout().backend_dir())?
         .map(|(id, _)| id)
@@ -733,6 +785,7 @@ async fn execute(
         }
     }
 
+    tracing::info!(run = %crew.run.run, elapsed_ms = clock.elapsed().as_millis() as u64, "the winner's data copied");
     // 4. The winner starts first (it holds the only vote), then the others.
     let mut started = Vec::new();
     let mut order: Vec<&Survivor> = vec![&winner_survivor];
@@ -752,6 +805,7 @@ async fn execute(
         }
     }
 
+    tracing::info!(run = %crew.run.run, elapsed_ms = clock.elapsed().as_millis() as u64, "members started");
     // 5. The recovered cluster answers and lists exactly the survivors.
     match wait_for_cluster(node, &members).await {
         Ok(()) => messages.push(format!(
@@ -764,6 +818,7 @@ async fn execute(
         )),
     }
 
+    tracing::info!(run = %crew.run.run, elapsed_ms = clock.elapsed().as_millis() as u64, "the recovered cluster answers");
     // 6. The dropped members' Kubernetes Nodes go.
     for d in &plan.dropped {
         let host = crate::util::addr::host_of(&d.address)
@@ -777,6 +832,7 @@ async fn execute(
         );
     }
 
+    tracing::info!(run = %crew.run.run, elapsed_ms = clock.elapsed().as_millis() as u64, "lost Kubernetes nodes handled");
     // 7. The run ends on every survivor that did all of its part.
     for (s, _) in &prepared {
         let whole = started.contains(&s.member.id)

@@ -553,3 +553,28 @@ pub fn five_control_planes_on(lan: &netns::Lan) -> Vec<Node> {
     );
     nodes
 }
+
+/// Serves `app` over TLS with the certificate pair in `dir` on `addr`, on `rt`, until the
+/// runtime is dropped: a stand-in for kube-apiserver or a peer agent.
+pub fn serve_tls(
+    rt: &tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+    crt: &std::path::Path,
+    key: &std::path::Path,
+    app: axum::Router,
+) {
+    let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).unwrap();
+    let serving = cluster_agent::cluster::serving::Serving::load(crt, key, None).unwrap();
+    let tls = cluster_agent::pki::tls::server_config(
+        serving.resolver(),
+        cluster_agent::pki::tls::MinTls::Tls12,
+    )
+    .unwrap();
+    rt.spawn(cluster_agent::api::https::serve(
+        listener,
+        tokio_rustls::TlsAcceptor::from(tls),
+        app,
+        std::future::pending(),
+        std::time::Duration::from_secs(1),
+    ));
+}
