@@ -156,6 +156,14 @@ async fn gather(node: &Node) -> StatusReport {
         last_known: false,
         not_a_member: false,
     };
+    // The last configuration this node saw is probed at once, while the leader is asked for
+    // the current one: when no leader answers, the probes are done by then, and the whole
+    // answer takes MEMBERS_TIMEOUT, not MEMBERS_TIMEOUT + PROBE_TIMEOUT.
+    let known = crate::dqlite::files::read_cluster(&node.state().layout().backend_dir())
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let early = (!known.is_empty() && !report.worker).then(|| probe(node, &known));
     let members = match tokio::time::timeout(MEMBERS_TIMEOUT, node.datastore().members()).await {
         Ok(Ok(m)) => m,
         failed => {
@@ -164,48 +172,47 @@ async fn gather(node: &Node) -> StatusReport {
                 _ => format!("no leader answered within {}s", MEMBERS_TIMEOUT.as_secs()),
             });
             // Say what is known: the last configuration this node saw, each member probed.
-            let known = crate::dqlite::files::read_cluster(&node.state().layout().backend_dir())
-                .ok()
-                .flatten()
-                .unwrap_or_default();
             if known.is_empty() || report.worker {
                 return report;
             }
             report.last_known = true;
-            known.into_iter().map(Into::into).collect()
+            known.iter().cloned().map(Into::into).collect()
         }
     };
     report.not_a_member = !report.worker
         && !report.last_known
         && !members.is_empty()
         && own_member_id(node).is_some_and(|own| !members.iter().any(|m| m.id == own));
-    // The leader is asked while the members are probed: the whole answer takes at most
-    // MEMBERS_TIMEOUT + PROBE_TIMEOUT, whoever is silent.
-    let ds = node.datastore();
-    let leader_task = tokio::spawn(async move {
-        tokio::time::timeout(PROBE_TIMEOUT, ds.leader())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten()
-    });
-    let mut probes = tokio::task::JoinSet::new();
-    for (i, m) in members.iter().enumerate() {
-        let ds: Arc<dyn Datastore> = node.datastore();
-        let address = m.address.clone();
-        probes.spawn(async move {
-            let answer = tokio::time::timeout(PROBE_TIMEOUT, ds.describe(&address)).await;
-            (i, answer.ok().and_then(Result::ok))
-        });
-    }
-    let mut meta = vec![None; members.len()];
-    while let Some(Ok((i, m))) = probes.join_next().await {
-        meta[i] = m;
-    }
-    let leader = leader_task.await.ok().flatten();
+    let same_as_known = members.len() == known.len()
+        && members
+            .iter()
+            .zip(&known)
+            .all(|(m, k)| m.address == k.address);
+    let probed = match early {
+        Some(task) if same_as_known => task.await.ok(),
+        Some(task) => {
+            task.abort();
+            None
+        }
+        None => None,
+    };
+    let (meta, leader) = match probed {
+        Some(done) => done,
+        None => {
+            let addresses: Vec<crate::dqlite::NodeInfo> = members
+                .iter()
+                .map(|m| crate::dqlite::NodeInfo {
+                    id: m.id,
+                    address: m.address.clone(),
+                    role: m.role,
+                })
+                .collect();
+            probe(node, &addresses).await.unwrap_or_default()
+        }
+    };
     report.members = members
         .into_iter()
-        .zip(meta)
+        .zip(meta.into_iter().chain(std::iter::repeat(None)))
         .map(|(m, meta)| MemberStatus {
             leader: leader.as_deref() == Some(m.address.as_str()),
             id: m.id,
@@ -216,6 +223,42 @@ async fn gather(node: &Node) -> StatusReport {
         })
         .collect();
     report
+}
+
+type Probed = (
+    Vec<Option<crate::cluster::datastore::MemberMetadata>>,
+    Option<String>,
+);
+
+/// Asks every member of `members` for DESCRIBE, and the cluster for its leader, at once;
+/// each answer within PROBE_TIMEOUT.
+fn probe(node: &Node, members: &[crate::dqlite::NodeInfo]) -> tokio::task::JoinHandle<Probed> {
+    let ds = node.datastore();
+    let addresses: Vec<String> = members.iter().map(|m| m.address.clone()).collect();
+    tokio::spawn(async move {
+        let leader_ds = ds.clone();
+        let leader_task = tokio::spawn(async move {
+            tokio::time::timeout(PROBE_TIMEOUT, leader_ds.leader())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+        });
+        let mut probes = tokio::task::JoinSet::new();
+        for (i, address) in addresses.iter().enumerate() {
+            let ds: Arc<dyn Datastore> = ds.clone();
+            let address = address.clone();
+            probes.spawn(async move {
+                let answer = tokio::time::timeout(PROBE_TIMEOUT, ds.describe(&address)).await;
+                (i, answer.ok().and_then(Result::ok))
+            });
+        }
+        let mut meta = vec![None; addresses.len()];
+        while let Some(Ok((i, m))) = probes.join_next().await {
+            meta[i] = m;
+        }
+        (meta, leader_task.await.ok().flatten())
+    })
 }
 
 /// Why no membership change can be made now, if the datastore is unavailable (no leader
