@@ -804,18 +804,7 @@ fn a_snap_cluster_that_lost_two_of_three_is_recovered_with_its_rows() {
     let mut nodes = three_snap_nodes();
     let all: Vec<String> = nodes.iter().map(|n| n.member_address()).collect();
     let servers = all.join(",");
-    let shell = |node: &SnapNode, sql: &str| {
-        common::dqlite_shell::shell(&node.backend(), &servers, sql, 10)
-    };
-    shell(&nodes[0], "CREATE TABLE t (n INT)").expect("CREATE TABLE");
-    for chunk in 0..20 {
-        let values: Vec<String> = (0..10).map(|i| format!("({})", chunk * 10 + i)).collect();
-        shell(
-            &nodes[0],
-            &format!("INSERT INTO t VALUES {}", values.join(",")),
-        )
-        .expect("INSERT");
-    }
+    common::dqlite_shell::write_rows(&nodes[0].backend(), &servers, 200);
     let leader = leader(&nodes[0].status_json().unwrap()).unwrap();
     let leader_at = all.iter().position(|a| *a == leader).unwrap();
     let survivor_at = (leader_at + 1) % 3;
@@ -826,24 +815,10 @@ fn a_snap_cluster_that_lost_two_of_three_is_recovered_with_its_rows() {
         }
     }
     let survivor = &nodes[survivor_at];
-    let out = cli(survivor, &["recover", "--yes"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr),
-        survivor.log_text(),
-        survivor.member_log()
-    );
-    let count = |node: &SnapNode, through: &str| {
-        common::dqlite_shell::shell(&node.backend(), through, "SELECT count(*) FROM t", 5)
-            .map(|o| o.chars().filter(char::is_ascii_digit).collect::<String>())
-    };
-    assert_eq!(
-        count(survivor, &survivor.member_address()).as_deref(),
-        Some("200")
-    );
+    recover_ok(survivor);
+    let count =
+        |node: &SnapNode, through: &str| common::dqlite_shell::count_rows(&node.backend(), through);
+    assert_eq!(count(survivor, &survivor.member_address()), Some(200));
     let calls = survivor.snapctl_log();
     assert!(
         calls.contains("stop") && calls.contains("start"),
@@ -856,7 +831,7 @@ fn a_snap_cluster_that_lost_two_of_three_is_recovered_with_its_rows() {
     join_cli(survivor, &fresh, &[]);
     wait_members(survivor, 2);
     let both = format!("{},{}", fresh.member_address(), survivor.member_address());
-    assert_eq!(count(&fresh, &both).as_deref(), Some("200"));
+    assert_eq!(count(&fresh, &both), Some(200));
 }
 
 /// Inside the snap, the only survivor's daemon killed -9 in the middle of `recover` (the
@@ -884,15 +859,7 @@ fn a_snap_survivor_killed_mid_recover_finishes_when_run_again() {
     a.kill();
     assert_ne!(wait_output(running).status.code(), Some(0));
     a.restart_plain();
-    let out = cli(&a, &["recover", "--yes"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr),
-        a.log_text()
-    );
+    recover_ok(&a);
     let rows = common::dqlite_shell::shell(
         &a.backend(),
         &a.member_address(),

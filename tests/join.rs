@@ -285,50 +285,13 @@ fn a_local_failure_changes_nothing() {
 /// (with its own serving certificate) plays kube-apiserver.
 #[test]
 fn remove_node_deletes_the_kubernetes_node_of_a_worker() {
-    use std::sync::{Arc, Mutex};
     let cp = Node::start();
     let worker = Node::start();
     let url = join_url(&cp);
     let out = cli(&worker, &["join", &url, "--worker"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
-    let deleted: Arc<Mutex<Vec<String>>> = Arc::default();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let api_addr = std::net::SocketAddr::new(cp.ip.into(), 16443);
-    let nodes = serde_json::json!({"items": [{
-        "metadata": {"name": "worker-1"},
-        "status": {"addresses": [{"type": "InternalIP", "address": worker.ip.to_string()}]}
-    }]});
-    let record = deleted.clone();
-    let app = axum::Router::new()
-        .route(
-            "/api/v1/nodes",
-            axum::routing::get(move || async move { axum::Json(nodes) }),
-        )
-        .route(
-            "/api/v1/nodes/{name}",
-            axum::routing::delete(
-                move |axum::extract::Path(name): axum::extract::Path<String>| async move {
-                    record.lock().unwrap().push(name);
-                    "{}"
-                },
-            ),
-        );
-    let certs = cp.state.join("certs");
-    serve_tls(
-        &rt,
-        api_addr,
-        &certs.join("server.crt"),
-        &certs.join("server.key"),
-        app,
-    );
-    let config = cp.state.join("credentials/client.config");
-    let text_config = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text_config.replace("https://127.0.0.1:16443", &format!("https://{api_addr}")),
-    )
-    .unwrap();
+    let deleted = fake_kubernetes(&cp, &[worker.ip.to_string()]);
 
     let out = cli(&cp, &["remove-node", &worker.ip.to_string()]);
     assert!(
@@ -338,11 +301,11 @@ fn remove_node_deletes_the_kubernetes_node_of_a_worker() {
         text(&out.stderr)
     );
     assert!(
-        text(&out.stdout).contains("Deleted the Kubernetes node worker-1"),
+        text(&out.stdout).contains("Deleted the Kubernetes node node-0"),
         "{}",
         text(&out.stdout)
     );
-    assert_eq!(*deleted.lock().unwrap(), vec!["worker-1".to_string()]);
+    assert_eq!(*deleted.lock().unwrap(), vec!["node-0".to_string()]);
 
     // An address Kubernetes does not know (and no datastore member): refused.
     let out = cli(&cp, &["remove-node", &unique_loopback().to_string()]);

@@ -9,89 +9,15 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
-use common::dqlite_shell::shell;
+use common::dqlite_shell::{count_rows, write_rows};
 use common::*;
 
 const ROWS: usize = 300;
 
 fn backend(node: &Node) -> std::path::PathBuf {
     node.state.join("var/kubernetes/backend")
-}
-
-/// Creates table `t` and writes `ROWS` rows into it, in statements of 10 rows, through
-/// `servers` (comma-separated).
-fn write_rows(cert_dir: &Path, servers: &str) {
-    shell(cert_dir, servers, "CREATE TABLE t (n INT)", 10).expect("CREATE TABLE");
-    for chunk in 0..ROWS / 10 {
-        let values: Vec<String> = (0..10).map(|i| format!("({})", chunk * 10 + i)).collect();
-        let sql = format!("INSERT INTO t VALUES {}", values.join(","));
-        shell(cert_dir, servers, &sql, 10).expect("INSERT");
-    }
-}
-
-/// `SELECT count(*) FROM t` through `servers`, if it answers.
-fn count_rows(cert_dir: &Path, servers: &str) -> Option<usize> {
-    let out = shell(cert_dir, servers, "SELECT count(*) FROM t", 5)?;
-    out.chars()
-        .filter(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .ok()
-}
-
-/// A stand-in kube-apiserver on `node`'s address (port 16443, its own serving certificate),
-/// which `credentials/client.config` is pointed at: it lists a Node `node-<i>` per address
-/// of `ips` and records the names it is asked to delete.
-fn fake_kubernetes(node: &Node, ips: &[String]) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
-    use std::sync::{Arc, Mutex};
-    let deleted: Arc<Mutex<Vec<String>>> = Arc::default();
-    let items: Vec<serde_json::Value> = ips
-        .iter()
-        .enumerate()
-        .map(|(i, ip)| {
-            serde_json::json!({
-                "metadata": {"name": format!("node-{i}")},
-                "status": {"addresses": [{"type": "InternalIP", "address": ip}]}
-            })
-        })
-        .collect();
-    let nodes = serde_json::json!({ "items": items });
-    let record = deleted.clone();
-    let app = axum::Router::new()
-        .route(
-            "/api/v1/nodes",
-            axum::routing::get(move || async move { axum::Json(nodes) }),
-        )
-        .route(
-            "/api/v1/nodes/{name}",
-            axum::routing::delete(
-                move |axum::extract::Path(name): axum::extract::Path<String>| async move {
-                    record.lock().unwrap().push(name);
-                    "{}"
-                },
-            ),
-        );
-    let rt = Box::leak(Box::new(tokio::runtime::Runtime::new().unwrap()));
-    let api = std::net::SocketAddr::new(node.ip.into(), 16443);
-    let certs = node.state.join("certs");
-    serve_tls(
-        rt,
-        api,
-        &certs.join("server.crt"),
-        &certs.join("server.key"),
-        app,
-    );
-    let config = node.state.join("credentials/client.config");
-    let text_config = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text_config.replace("https://127.0.0.1:16443", &format!("https://{api}")),
-    )
-    .unwrap();
-    deleted
 }
 
 fn recover(node: &Node, args: &[&str]) -> std::process::Output {
@@ -123,7 +49,7 @@ fn three_lose_two_then_the_survivor_alone_serves_every_row_and_new_nodes_restore
         (live_voters(&a.status_json()?) == 3).then_some(())
     });
     let all = [&a, &b, &c].map(dqlite_addr).join(",");
-    write_rows(&backend(&a), &all);
+    write_rows(&backend(&a), &all, ROWS);
     assert_eq!(count_rows(&backend(&a), &all), Some(ROWS));
 
     let (a_ip, b_ip, c_ip) = (a.ip, b.ip, c.ip);
@@ -179,15 +105,7 @@ fn three_lose_two_then_the_survivor_alone_serves_every_row_and_new_nodes_restore
     let deleted = fake_kubernetes(survivor, &lost);
 
     let started = std::time::Instant::now();
-    let out = recover(survivor, &["--yes"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr),
-        survivor.log_text()
-    );
+    let out = recover_ok(survivor);
     eprintln!("recover took {:?}", started.elapsed());
     for line in survivor
         .log_text()
@@ -273,6 +191,26 @@ fn survivors_first(nodes: &mut [Node]) {
     nodes.swap(1, partner);
 }
 
+/// `a` and `b` are the two members of one healthy cluster, and it serves every row whichever
+/// of them the shell asks first.
+fn assert_both_serve_every_row(a: &Node, b: &Node) {
+    eventually(
+        "both survivors listed and answering",
+        Duration::from_secs(30),
+        || {
+            let s = a.status_json()?;
+            (members(&s).len() == 2 && s["condition"] == "healthy").then_some(())
+        },
+    );
+    for (first, other) in [(a, b), (b, a)] {
+        let servers = all_servers(&[first, other]);
+        let rows = eventually("the rows", Duration::from_secs(20), || {
+            count_rows(&backend(first), &servers)
+        });
+        assert_eq!(rows, ROWS, "asked through {} first", dqlite_addr(first));
+    }
+}
+
 fn all_servers(nodes: &[&Node]) -> String {
     nodes
         .iter()
@@ -290,7 +228,7 @@ fn five_lose_three_then_both_survivors_serve_every_row() {
     survivors_first(&mut nodes);
     let refs: Vec<&Node> = nodes.iter().collect();
     let everyone = all_servers(&refs);
-    write_rows(&backend(&nodes[0]), &everyone);
+    write_rows(&backend(&nodes[0]), &everyone, ROWS);
     let lost: Vec<String> = nodes[2..].iter().map(|n| n.ip.to_string()).collect();
     for n in nodes[2..].iter_mut() {
         n.kill();
@@ -343,22 +281,7 @@ fn five_lose_three_then_both_survivors_serve_every_row() {
     );
 
     let ab = [a, b];
-    eventually(
-        "both survivors listed and answering",
-        Duration::from_secs(30),
-        || {
-            let s = b.status_json()?;
-            (members(&s).len() == 2 && s["condition"] == "healthy").then_some(())
-        },
-    );
-    for first in [a, b] {
-        let other = ab.iter().find(|n| n.ip != first.ip).unwrap();
-        let servers = all_servers(&[first, other]);
-        let rows = eventually("the rows", Duration::from_secs(20), || {
-            count_rows(&backend(first), &servers)
-        });
-        assert_eq!(rows, ROWS, "asked through {} first", dqlite_addr(first));
-    }
+    assert_both_serve_every_row(a, b);
     // Both keep their backups; the lost members are out of the configuration.
     for n in ab {
         let kept = std::fs::read_dir(n.state.join("var/kubernetes"))
@@ -385,7 +308,7 @@ fn a_survivor_killed_during_recover_then_recover_again_ends_with_every_row() {
     let mut nodes = cluster_with(5, &[("CLUSTER_AGENT_TEST_HOLD", "recover-prepared")]);
     survivors_first(&mut nodes);
     let refs: Vec<&Node> = nodes.iter().collect();
-    write_rows(&backend(&nodes[0]), &all_servers(&refs));
+    write_rows(&backend(&nodes[0]), &all_servers(&refs), ROWS);
     for n in nodes[2..].iter_mut() {
         n.kill();
     }
@@ -425,21 +348,7 @@ fn a_survivor_killed_during_recover_then_recover_again_ends_with_every_row() {
         nodes[0].log_text()
     );
     let (a, b) = (&nodes[0], &nodes[1]);
-    eventually(
-        "both survivors listed and answering",
-        Duration::from_secs(30),
-        || {
-            let s = a.status_json()?;
-            (members(&s).len() == 2 && s["condition"] == "healthy").then_some(())
-        },
-    );
-    for (first, other) in [(a, b), (b, a)] {
-        let servers = all_servers(&[first, other]);
-        let rows = eventually("the rows", Duration::from_secs(20), || {
-            count_rows(&backend(first), &servers)
-        });
-        assert_eq!(rows, ROWS, "asked through {} first", dqlite_addr(first));
-    }
+    assert_both_serve_every_row(a, b);
     // No run is left recorded on either survivor.
     for n in [a, b] {
         assert!(
@@ -457,7 +366,7 @@ fn a_survivor_killed_during_recover_then_recover_again_ends_with_every_row() {
 fn the_coordinator_killed_mid_recover_finishes_the_job_when_run_again() {
     let mut nodes = cluster_with(3, &[("CLUSTER_AGENT_TEST_HOLD", "recover-copying")]);
     let refs: Vec<&Node> = nodes.iter().collect();
-    write_rows(&backend(&nodes[0]), &all_servers(&refs));
+    write_rows(&backend(&nodes[0]), &all_servers(&refs), ROWS);
     nodes[1].kill();
     nodes[2].kill();
     let a = &mut nodes[0];
@@ -470,15 +379,7 @@ fn the_coordinator_killed_mid_recover_finishes_the_job_when_run_again() {
     assert!(record.exists(), "the cut run is recorded");
     a.env.retain(|(k, _)| k != "CLUSTER_AGENT_TEST_HOLD");
     a.restart();
-    let out = recover(a, &["--yes"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr),
-        a.log_text()
-    );
+    let out = recover_ok(a);
     assert!(
         text(&out.stdout).contains("did not finish"),
         "{}",

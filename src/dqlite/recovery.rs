@@ -56,50 +56,44 @@ fn sibling(backend: &Path, suffix: &str) -> PathBuf {
     backend.with_file_name(format!("{name}.{suffix}"))
 }
 
-/// The term and index of the last entry of the log in `backend` (and the current term).
-pub fn last_entry(backend: &Path) -> Result<LogSummary, RecoveryError> {
+/// Runs one of `raft_log`'s readers on the files of `backend`: a file that cannot be read
+/// is that file's error, not the reader's.
+fn read_log<T>(
+    backend: &Path,
+    reader: impl FnOnce(&[String], &mut dyn FnMut(&str) -> Option<Vec<u8>>) -> Result<T, RaftLogError>,
+) -> Result<T, RecoveryError> {
     let names =
         state::list_dir(backend)?.ok_or_else(|| RecoveryError::NoBackend(backend.into()))?;
     let mut failed = None;
-    let summary = raft_log::last_entry(&names, |name| {
-        match state::read_bytes(&backend.join(name)) {
+    let found = reader(
+        &names,
+        &mut |name| match state::read_bytes(&backend.join(name)) {
             Ok(bytes) => Some(bytes),
             Err(e) => {
                 failed.get_or_insert(e);
                 None
             }
-        }
-    });
+        },
+    );
     if let Some(e) = failed {
         return Err(e.into());
     }
-    summary.map_err(|source| RecoveryError::Log {
+    found.map_err(|source| RecoveryError::Log {
         dir: backend.into(),
         source,
     })
 }
 
+/// The term and index of the last entry of the log in `backend` (and the current term).
+pub fn last_entry(backend: &Path) -> Result<LogSummary, RecoveryError> {
+    read_log(backend, |names, read| raft_log::last_entry(names, read))
+}
+
 /// The configuration the log in `backend` ends with (what raft itself starts from; unlike
 /// `cluster.yaml`, never stale), or `None` for a log without one.
 pub fn last_configuration(backend: &Path) -> Result<Option<Vec<NodeInfo>>, RecoveryError> {
-    let names =
-        state::list_dir(backend)?.ok_or_else(|| RecoveryError::NoBackend(backend.into()))?;
-    let mut failed = None;
-    let found = raft_log::last_configuration(&names, |name| {
-        match state::read_bytes(&backend.join(name)) {
-            Ok(bytes) => Some(bytes),
-            Err(e) => {
-                failed.get_or_insert(e);
-                None
-            }
-        }
-    });
-    if let Some(e) = failed {
-        return Err(e.into());
-    }
-    let found = found.map_err(|source| RecoveryError::Log {
-        dir: backend.into(),
-        source,
+    let found = read_log(backend, |names, read| {
+        raft_log::last_configuration(names, read)
     })?;
     Ok(found.map(|(_, servers)| {
         servers
@@ -241,10 +235,7 @@ mod tests {
     use super::*;
 
     fn file(name: &str, data: &[u8]) -> BundleFile {
-        BundleFile {
-            name: name.into(),
-            data: data.to_vec(),
-        }
+        BundleFile::new(name, data)
     }
 
     #[test]

@@ -18,6 +18,15 @@ pub struct BundleFile {
     pub data: Vec<u8>,
 }
 
+impl BundleFile {
+    pub fn new(name: impl Into<String>, data: impl Into<Vec<u8>>) -> BundleFile {
+        BundleFile {
+            name: name.into(),
+            data: data.into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BundleError {
     #[error("not a bundle (bad magic)")]
@@ -140,10 +149,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn file(name: &str, data: &[u8]) -> BundleFile {
-        BundleFile {
-            name: name.into(),
-            data: data.to_vec(),
-        }
+        BundleFile::new(name, data)
     }
 
     #[test]

@@ -59,3 +59,26 @@ pub struct ShellNode {
     #[serde(rename = "Role")]
     pub role: u64,
 }
+
+/// Creates table `t` and writes `rows` rows (0, 1, …) into it, in statements of 10 rows, through
+/// `servers` (comma-separated).
+pub fn write_rows(cert_dir: &Path, servers: &str, rows: usize) {
+    shell(cert_dir, servers, "CREATE TABLE t (n INT)", 10).expect("CREATE TABLE");
+    for chunk in 0..rows.div_ceil(10) {
+        let values: Vec<String> = (chunk * 10..(chunk * 10 + 10).min(rows))
+            .map(|i| format!("({i})"))
+            .collect();
+        let sql = format!("INSERT INTO t VALUES {}", values.join(","));
+        shell(cert_dir, servers, &sql, 10).expect("INSERT");
+    }
+}
+
+/// `SELECT count(*) FROM t` through `servers`, if it answers.
+pub fn count_rows(cert_dir: &Path, servers: &str) -> Option<usize> {
+    let out = shell(cert_dir, servers, "SELECT count(*) FROM t", 5)?;
+    out.chars()
+        .filter(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
+}

@@ -578,3 +578,72 @@ pub fn serve_tls(
         std::time::Duration::from_secs(1),
     ));
 }
+
+/// A stand-in kube-apiserver on `node`'s address (port 16443, its own serving certificate),
+/// which `credentials/client.config` is pointed at: it lists a Node `node-<i>` per address
+/// of `ips` and records the names it is asked to delete.
+pub fn fake_kubernetes(
+    node: &Node,
+    ips: &[String],
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::sync::{Arc, Mutex};
+    let deleted: Arc<Mutex<Vec<String>>> = Arc::default();
+    let items: Vec<serde_json::Value> = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            serde_json::json!({
+                "metadata": {"name": format!("node-{i}")},
+                "status": {"addresses": [{"type": "InternalIP", "address": ip}]}
+            })
+        })
+        .collect();
+    let nodes = serde_json::json!({ "items": items });
+    let record = deleted.clone();
+    let app = axum::Router::new()
+        .route(
+            "/api/v1/nodes",
+            axum::routing::get(move || async move { axum::Json(nodes) }),
+        )
+        .route(
+            "/api/v1/nodes/{name}",
+            axum::routing::delete(
+                move |axum::extract::Path(name): axum::extract::Path<String>| async move {
+                    record.lock().unwrap().push(name);
+                    "{}"
+                },
+            ),
+        );
+    let rt = Box::leak(Box::new(tokio::runtime::Runtime::new().unwrap()));
+    let api = std::net::SocketAddr::new(node.ip.into(), 16443);
+    let certs = node.state.join("certs");
+    serve_tls(
+        rt,
+        api,
+        &certs.join("server.crt"),
+        &certs.join("server.key"),
+        app,
+    );
+    let config = node.state.join("credentials/client.config");
+    let text_config = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text_config.replace("https://127.0.0.1:16443", &format!("https://{api}")),
+    )
+    .unwrap();
+    deleted
+}
+
+/// `recover --yes` on `node`; fails the test unless it succeeded. Returns its output.
+pub fn recover_ok(node: &Node) -> Output {
+    let out = cli(node, &["recover", "--yes"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        node.log_text()
+    );
+    out
+}
