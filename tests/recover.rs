@@ -400,3 +400,69 @@ fn the_coordinator_killed_mid_recover_finishes_the_job_when_run_again() {
     );
     assert!(backups[0].join("metadata1").exists() || backups[0].join("metadata2").exists());
 }
+
+/// `progress` (where a member's log ends, for the roles driver) answers only calls signed
+/// with the cluster's key, and follows the log: after more writes every member's index is
+/// higher and, once writes stop, the same on every member.
+#[test]
+fn progress_is_signed_and_follows_the_log() {
+    let nodes = cluster_with(3, &[]);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let servers = all_servers(&refs);
+    let a = &nodes[0];
+    let client = https_client(&a.state);
+    let url = |n: &Node| format!("https://{}/cluster/api/v2.0/recover/progress", n.bind());
+    let path = "/cluster/api/v2.0/recover/progress";
+    let key = std::fs::read(backend(a).join("cluster.key")).unwrap();
+    let index_of = |n: &Node| -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let proof = cluster_agent::util::mac::request_proof(&key, now, "POST", path, b"{}");
+        let resp = client
+            .post(url(n))
+            .header("x-cluster-agent-recovery", proof)
+            .body("{}")
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let v: serde_json::Value = resp.json().unwrap();
+        assert_eq!(v["address"], dqlite_addr(n));
+        v["last_entry"]["index"].as_u64().unwrap()
+    };
+    // Unsigned, or signed with another key: refused.
+    let resp = client.post(url(a)).body("{}").send().unwrap();
+    assert_eq!(resp.status(), 401);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let forged = cluster_agent::util::mac::request_proof(b"not the key", now, "POST", path, b"{}");
+    let resp = client
+        .post(url(a))
+        .header("x-cluster-agent-recovery", forged)
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    let before: Vec<u64> = refs.iter().map(|n| index_of(n)).collect();
+    write_rows(&backend(a), &servers, ROWS);
+    eventually(
+        "every member at the same index",
+        Duration::from_secs(20),
+        || {
+            let now: Vec<u64> = refs.iter().map(|n| index_of(n)).collect();
+            (now.iter().all(|&i| i == now[0])).then_some(now)
+        },
+    )
+    .iter()
+    .zip(&before)
+    .for_each(|(after, before)| {
+        assert!(
+            after >= &(before + (ROWS / 10) as u64),
+            "{before} -> {after}"
+        );
+    });
+}

@@ -26,7 +26,8 @@ use super::operation::Ticket;
 use crate::dqlite::{recovery, NodeInfo, Role};
 use crate::format::bundle::{self, BundleFile};
 use crate::format::recovery::{
-    LogPosition, Prepared, RecoveredMember, RecoveryRecord, RunRequest, StepDone, SurvivorReport,
+    LogPosition, MemberProgress, Prepared, RecoveredMember, RecoveryRecord, RunRequest, StepDone,
+    SurvivorReport,
 };
 use crate::state::{mode, StateError};
 use crate::sys::blocking::{blocking, TaskFailed};
@@ -176,6 +177,23 @@ fn position(summary: &crate::dqlite::raft_log::LogSummary) -> Option<LogPosition
     })
 }
 
+/// Does this node's member run? The embedded one runs while the slot holds it; k8s-dqlite's
+/// is known from its files whether it runs or not, so it must answer DESCRIBE within 1 s.
+async fn member_answers(node: &Node) -> bool {
+    let Some(live) = node.own_member() else {
+        return false;
+    };
+    if node.membership().is_some() {
+        return true;
+    }
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        live.client.describe(&live.own_address),
+    )
+    .await
+    .is_ok_and(|answer| answer.is_ok())
+}
+
 /// What this node has: its member, whether it runs, its log's last entry, any run recorded.
 pub async fn survey(node: &Node) -> Result<SurvivorReport, RecoveryError> {
     if node.state().has_marker("clustered.lock") {
@@ -210,7 +228,7 @@ pub async fn survey(node: &Node) -> Result<SurvivorReport, RecoveryError> {
             "embedded"
         }
         .into(),
-        member_running: node.own_member().is_some(),
+        member_running: member_answers(node).await,
         last_entry: position(&summary),
         recovery: read_record(node)?,
         busy_with: node
@@ -461,6 +479,92 @@ pub fn backup_stamp(now_unix: i64) -> String {
         t.minute(),
         t.second()
     )
+}
+
+/// The :25000 address of the agent of the member at `member_address`: its host, this node's
+/// agent port (every node of a cluster serves on the same port, as MicroK8s's do).
+pub fn agent_address(node: &Node, member_address: &str) -> Option<std::net::SocketAddr> {
+    let host = crate::util::addr::host_of(member_address);
+    let ip: std::net::IpAddr = host.trim_matches(['[', ']']).parse().ok()?;
+    Some(std::net::SocketAddr::new(ip, node.settings().bind.port()))
+}
+
+/// A client for calls to other control planes, signed with this cluster's key and checking
+/// their certificate against this cluster's CA.
+pub fn signed_client(
+    node: &Node,
+) -> Result<crate::clients::recovery::RecoveryClient, RecoveryError> {
+    let layout = node.state().layout();
+    let key = crate::state::read_bytes(&layout.backend("cluster.key"))?;
+    let ca = node.state().read_string(&layout.ca_crt())?;
+    let ca_sha256 = crate::pki::cert_sha256_hex(&ca, "the cluster CA")
+        .map_err(|e| RecoveryError::Failed(e.to_string()))?;
+    Ok(crate::clients::recovery::RecoveryClient::new(
+        key,
+        ca_sha256,
+        Some(node.settings().bind.ip()),
+    ))
+}
+
+/// This node's member and where its log ends now (read from its data directory): what the
+/// roles driver compares with the leader's before it promotes a member.
+pub async fn progress(node: &Node) -> Result<MemberProgress, RecoveryError> {
+    let (id, address) = identity(node)?;
+    let backend = node.state().layout().backend_dir();
+    let summary =
+        blocking(move || recovery::last_entry(&backend).map_err(RecoveryError::from)).await?;
+    Ok(MemberProgress {
+        id,
+        address,
+        last_entry: position(&summary),
+    })
+}
+
+/// Where members' logs end, as their agents read them (this node's own log is read here):
+/// what the roles driver checks before it promotes a member.
+pub struct AgentProgress {
+    node: Node,
+}
+
+impl AgentProgress {
+    pub fn new(node: Node) -> AgentProgress {
+        AgentProgress { node }
+    }
+
+    async fn ask(&self, address: &str) -> Option<u64> {
+        if identity(&self.node).is_ok_and(|(_, own)| own == address) {
+            return progress(&self.node).await.ok()?.last_entry.map(|e| e.index);
+        }
+        let agent = agent_address(&self.node, address)?;
+        let client = signed_client(&self.node).ok()?;
+        let body = b"{}".to_vec();
+        let now = self.node.clock().now_unix();
+        let answer = client
+            .call(
+                agent,
+                crate::format::recovery::PROGRESS,
+                body,
+                now,
+                PROGRESS_TIMEOUT,
+            )
+            .await
+            .ok()?;
+        let told: MemberProgress = serde_json::from_slice(&answer).ok()?;
+        // An agent that answers for another member (a rebuilt machine) tells nothing of this one.
+        (told.address == address).then_some(told.last_entry?.index)
+    }
+}
+
+/// How long a member's agent gets to say where its log ends.
+const PROGRESS_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl super::roles::driver::Progress for AgentProgress {
+    fn last_index<'a>(
+        &'a self,
+        address: &'a str,
+    ) -> crate::sys::runner::BoxFuture<'a, Option<u64>> {
+        Box::pin(self.ask(address))
+    }
 }
 
 /// Checks a request's proof: signed with this cluster's key (`cluster.key`) within the

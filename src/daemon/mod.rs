@@ -320,12 +320,16 @@ impl Daemon {
                 })
                 .await;
         });
+        let progress: Arc<dyn roles::Progress> = Arc::new(
+            crate::cluster::recovery::AgentProgress::new(app.node.clone()),
+        );
         let roles_task = match (&membership, &external) {
             (Some(m), _) => {
                 let m = m.clone();
                 let live = move || m.live().map(|l| (l.client, l.own_id));
                 Some(tokio::spawn(roles::run(
                     live,
+                    Some(progress.clone()),
                     config.roles.clone(),
                     stop_rx.clone(),
                 )))
@@ -337,6 +341,7 @@ impl Daemon {
                 let live = move || external.client().zip(external.own().map(|(id, _)| id));
                 Some(tokio::spawn(roles::run(
                     live,
+                    Some(progress.clone()),
                     config.roles.clone(),
                     stop_rx.clone(),
                 )))

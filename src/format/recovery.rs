@@ -12,6 +12,8 @@ pub const RECONFIGURE: &str = "/cluster/api/v2.0/recover/reconfigure";
 pub const INSTALL: &str = "/cluster/api/v2.0/recover/install";
 pub const START: &str = "/cluster/api/v2.0/recover/start";
 pub const FINISH: &str = "/cluster/api/v2.0/recover/finish";
+/// Not a recovery step: where a member's log ends, for the roles driver of a healthy cluster.
+pub const PROGRESS: &str = "/cluster/api/v2.0/recover/progress";
 
 /// The header carrying a request's proof: `<unix seconds>:<hex HMAC>` (see `util::mac`).
 pub const PROOF_HEADER: &str = "x-cluster-agent-recovery";
@@ -68,6 +70,14 @@ pub struct SurvivorReport {
     /// The configuration its log ends with (empty: none could be read).
     #[serde(default)]
     pub configuration: Vec<RecoveredMember>,
+}
+
+/// The answer to `progress`: a member and where its log ends now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberProgress {
+    pub id: u64,
+    pub address: String,
+    pub last_entry: Option<LogPosition>,
 }
 
 /// The answer to `prepare`: the member is stopped and its data backed up.

@@ -58,6 +58,7 @@ pub async fn recover_step(
     recovery::authorize(node, call.proof, "POST", call.path, call.body)?;
     match call.step {
         "survey" => json(&recovery::survey(node).await?),
+        "progress" => json(&recovery::progress(node).await?),
         "prepare" => {
             let req: RunRequest = decode(call.body)?;
             json(&recovery::prepare(node, &req).await?)

@@ -310,22 +310,11 @@ fn names(wanted: &str, member: &NodeInfo) -> bool {
 }
 
 fn agent_of(node: &Node, member: &NodeInfo) -> Option<SocketAddr> {
-    let host = crate::util::addr::host_of(&member.address);
-    let ip: std::net::IpAddr = host.trim_matches(['[', ']']).parse().ok()?;
-    Some(SocketAddr::new(ip, node.settings().bind.port()))
+    survivor::agent_address(node, &member.address)
 }
 
 fn recovery_client(node: &Node) -> Result<RecoveryClient, RecoverError> {
-    let layout = node.state().layout();
-    let key = crate::state::read_bytes(&layout.backend("cluster.key"))?;
-    let ca = node.state().read_string(&layout.ca_crt())?;
-    let ca_sha256 = crate::pki::cert_sha256_hex(&ca, "the cluster CA")
-        .map_err(|e| RecoverError::Internal(e.to_string()))?;
-    Ok(RecoveryClient::new(
-        key,
-        ca_sha256,
-        Some(node.settings().bind.ip()),
-    ))
+    survivor::signed_client(node).map_err(|e| RecoverError::Internal(e.to_string()))
 }
 
 pub async fn recover(node: &Node, req: RecoverRequest) -> Result<RecoverResponse, RecoverError> {

@@ -157,7 +157,7 @@ async fn gather(node: &Node) -> StatusReport {
         not_a_member: false,
     };
     // The last configuration this node saw is probed at once, while the leader is asked for
-    // the current one: when no leader answers, the probes are done by then, and the whole
+    // the current one: when no leader answers, those probes are done by then, and the whole
     // answer takes MEMBERS_TIMEOUT, not MEMBERS_TIMEOUT + PROBE_TIMEOUT.
     let known = crate::dqlite::files::read_cluster(&node.state().layout().backend_dir())
         .ok()
@@ -183,13 +183,10 @@ async fn gather(node: &Node) -> StatusReport {
         && !report.last_known
         && !members.is_empty()
         && own_member_id(node).is_some_and(|own| !members.iter().any(|m| m.id == own));
-    let same_as_known = members.len() == known.len()
-        && members
-            .iter()
-            .zip(&known)
-            .all(|(m, k)| m.address == k.address);
+    // With a membership answer the members are probed now (an early probe may have caught a
+    // member still starting); without one the early probes are what there is.
     let probed = match early {
-        Some(task) if same_as_known => task.await.ok(),
+        Some(task) if report.last_known => task.await.ok(),
         Some(task) => {
             task.abort();
             None

@@ -14,6 +14,7 @@ use super::policy::{
 };
 use crate::dqlite::client::Assigned;
 use crate::dqlite::{Client, NodeInfo, Role};
+use crate::sys::runner::BoxFuture;
 
 #[derive(Debug, Clone)]
 pub struct RolesConfig {
@@ -32,6 +33,69 @@ impl Default for RolesConfig {
             probe_parallelism: 8,
         }
     }
+}
+
+/// Where members' logs end, measured: each member's agent reads its own data directory
+/// (`cluster::recovery::progress`). The DQLITE protocol of libdqlite 1.11 says nothing of
+/// replication progress, so this is the driver's only way to know a member has caught up.
+pub trait Progress: Send + Sync {
+    /// The index of the last entry of the log of the member at `address`; `None` when it
+    /// cannot be told (no agent of ours there, no answer in time).
+    fn last_index<'a>(&'a self, address: &'a str) -> BoxFuture<'a, Option<u64>>;
+}
+
+/// How far (in log entries) a member's log may be behind the leader's and still count as
+/// caught up: the two are read a moment apart, while writes go on.
+pub const CATCH_UP_LAG: u64 = 512;
+
+/// Has a member whose log ends at `member` caught up with a leader whose log ends at
+/// `leader`? `None` when either is unknown.
+pub fn caught_up(leader: Option<u64>, member: Option<u64>) -> Option<bool> {
+    match (leader, member) {
+        (Some(l), Some(m)) => Some(m.saturating_add(CATCH_UP_LAG) >= l),
+        _ => None,
+    }
+}
+
+/// Plans with `plan`; while the first change promotes a member to voter whose log is
+/// measurably behind the leader's (at `leader_address`), that member is marked not caught up
+/// and the plan is made again. A member whose progress cannot be told is judged by its
+/// liveness alone (libraft still catches it up before the change applies).
+pub async fn hold_back_lagging(
+    views: &mut [MemberView],
+    config: &[NodeInfo],
+    leader_address: &str,
+    progress: &dyn Progress,
+    plan: impl Fn(&[MemberView]) -> Vec<Change>,
+) -> Vec<Change> {
+    let mut changes = plan(views);
+    while let Some(change) = changes.first() {
+        let promoting = change.role == Role::Voter
+            && views
+                .iter()
+                .any(|v| v.id == change.id && v.role != Role::Voter && v.caught_up);
+        if !promoting {
+            break;
+        }
+        let address = config
+            .iter()
+            .find(|n| n.id == change.id)
+            .map(|n| n.address.clone())
+            .unwrap_or_default();
+        let (leader, member) = tokio::join!(
+            progress.last_index(leader_address),
+            progress.last_index(&address)
+        );
+        if caught_up(leader, member) != Some(false) {
+            break;
+        }
+        tracing::info!(id = change.id, %address, leader_index = leader, member_index = member, "not promoting yet: its log is behind the leader's");
+        if let Some(v) = views.iter_mut().find(|v| v.id == change.id) {
+            v.caught_up = false;
+        }
+        changes = plan(views);
+    }
+    changes
 }
 
 /// Most role changes applied in one round before waiting for the next tick (a guard against
@@ -89,6 +153,7 @@ pub async fn adjust_once(
     client: &Arc<Client>,
     own_id: u64,
     cfg: &RolesConfig,
+    progress: Option<&dyn Progress>,
 ) -> Result<Option<usize>, String> {
     let mut applied = 0;
     loop {
@@ -96,13 +161,25 @@ pub async fn adjust_once(
         if basis.leader.id != own_id {
             return Ok(None);
         }
-        let views = snapshot(client, &basis.config, cfg).await;
+        let mut views = snapshot(client, &basis.config, cfg).await;
         if !has_quorum(&views) {
             // Cut off from the majority: this view is the minority's; change nothing.
             tracing::debug!("no majority of voters answers this leader; no role changes");
             return Ok(Some(applied));
         }
-        let changes = plan_for_leader(&views, own_id, cfg.targets);
+        let changes = match progress {
+            Some(progress) => {
+                hold_back_lagging(
+                    &mut views,
+                    &basis.config,
+                    &basis.leader.address,
+                    progress,
+                    |v| plan_for_leader(v, own_id, cfg.targets),
+                )
+                .await
+            }
+            None => plan_for_leader(&views, own_id, cfg.targets),
+        };
         let Some(change) = changes.first() else {
             return Ok(Some(applied));
         };
@@ -134,6 +211,7 @@ pub async fn adjust_once(
 /// client and id) at any time; each round uses the current one.
 pub async fn run(
     live: impl Fn() -> Option<(Arc<Client>, u64)> + Send + 'static,
+    progress: Option<Arc<dyn Progress>>,
     cfg: RolesConfig,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -167,7 +245,7 @@ pub async fn run(
         }
         last_round = tokio::time::Instant::now();
         let round = match live {
-            Some((client, own_id)) => adjust_once(&client, own_id, &cfg).await,
+            Some((client, own_id)) => adjust_once(&client, own_id, &cfg, progress.as_deref()).await,
             None => Ok(None),
         };
         leading = matches!(round, Ok(Some(_)));
@@ -359,4 +437,112 @@ pub async fn handover(
     })
     .await
     .map_err(|_| format!("handover did not finish within {budget:?}"))?
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    #[test]
+    fn a_member_within_the_lag_has_caught_up_and_unknown_is_unknown() {
+        assert_eq!(caught_up(Some(1000), Some(1000)), Some(true));
+        assert_eq!(caught_up(Some(1000), Some(1000 - CATCH_UP_LAG)), Some(true));
+        assert_eq!(
+            caught_up(Some(1000), Some(1000 - CATCH_UP_LAG - 1)),
+            Some(false)
+        );
+        assert_eq!(caught_up(Some(10), Some(u64::MAX)), Some(true));
+        assert_eq!(caught_up(None, Some(5)), None);
+        assert_eq!(caught_up(Some(5), None), None);
+    }
+}
+
+#[cfg(test)]
+mod hold_back_tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    struct Logs(BTreeMap<String, u64>);
+
+    impl Progress for Logs {
+        fn last_index<'a>(&'a self, address: &'a str) -> BoxFuture<'a, Option<u64>> {
+            Box::pin(async move { self.0.get(address).copied() })
+        }
+    }
+
+    fn view(id: u64, role: Role, alive: bool) -> MemberView {
+        MemberView {
+            id,
+            role,
+            failure_domain: id,
+            weight: 0,
+            alive,
+            caught_up: alive,
+            cannot_write: false,
+        }
+    }
+
+    fn node(id: u64) -> NodeInfo {
+        NodeInfo {
+            id,
+            address: format!("10.0.0.{id}:19001"),
+            role: Role::Voter,
+        }
+    }
+
+    /// Three voters, one of them dead, and two stand-bys: the policy would promote one.
+    fn cluster() -> (Vec<MemberView>, Vec<NodeInfo>) {
+        let views = vec![
+            view(1, Role::Voter, true),
+            view(2, Role::Voter, true),
+            view(3, Role::Voter, false),
+            view(4, Role::StandBy, true),
+            view(5, Role::StandBy, true),
+        ];
+        (views, (1..=5).map(node).collect())
+    }
+
+    fn logs(entries: &[(u64, u64)]) -> Logs {
+        Logs(
+            entries
+                .iter()
+                .map(|(id, i)| (node(*id).address, *i))
+                .collect(),
+        )
+    }
+
+    fn promotions(changes: &[Change]) -> Vec<u64> {
+        changes
+            .iter()
+            .filter(|c| c.role == Role::Voter)
+            .map(|c| c.id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_lagging_stand_by_is_passed_over_for_one_that_caught_up() {
+        let targets = Targets::default();
+        let plan_it = |v: &[MemberView]| plan_for_leader(v, 1, targets);
+        let (mut views, config) = cluster();
+        let first = plan_it(&views);
+        let chosen = promotions(&first)[0];
+        let other = if chosen == 4 { 5 } else { 4 };
+        let progress = logs(&[(1, 10_000), (chosen, 10), (other, 9_990)]);
+        let changes =
+            hold_back_lagging(&mut views, &config, &node(1).address, &progress, plan_it).await;
+        assert_eq!(promotions(&changes).first(), Some(&other), "{changes:?}");
+
+        // Both behind: nobody is promoted to voter now.
+        let (mut views, config) = cluster();
+        let progress = logs(&[(1, 10_000), (4, 10), (5, 20)]);
+        let changes =
+            hold_back_lagging(&mut views, &config, &node(1).address, &progress, plan_it).await;
+        assert!(promotions(&changes).is_empty(), "{changes:?}");
+
+        // Unknown progress (no agent of ours answers): liveness decides, as before.
+        let (mut views, config) = cluster();
+        let changes =
+            hold_back_lagging(&mut views, &config, &node(1).address, &logs(&[]), plan_it).await;
+        assert_eq!(promotions(&changes), promotions(&first));
+    }
 }
