@@ -231,10 +231,10 @@ pub async fn survey(node: &Node) -> Result<SurvivorReport, RecoveryError> {
         member_running: member_answers(node).await,
         last_entry: position(&summary),
         recovery: read_record(node)?,
-        busy_with: node
+        held_by: node
             .recovery()
             .holder()
-            .map(|(run, coordinator)| format!("run {run} from {coordinator}")),
+            .map(|(run, coordinator)| RunRequest { run, coordinator }),
     })
 }
 

@@ -64,9 +64,9 @@ pub struct SurvivorReport {
     /// The recovery recorded as under way on it, finished or not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<RecoveryRecord>,
-    /// Another recovery holds this survivor now (its lease has not run out).
+    /// The run holding this survivor now (its lease has not run out).
     #[serde(default)]
-    pub busy_with: Option<String>,
+    pub held_by: Option<RunRequest>,
     /// The configuration its log ends with (empty: none could be read).
     #[serde(default)]
     pub configuration: Vec<RecoveredMember>,

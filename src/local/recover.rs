@@ -153,6 +153,38 @@ struct Survivor {
     report: SurvivorReport,
 }
 
+/// Why a survivor's step failed: another run holds it, or anything else.
+#[derive(Debug)]
+enum StepFailure {
+    Busy(String),
+    Failed(String),
+}
+
+impl std::fmt::Display for StepFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepFailure::Busy(t) | StepFailure::Failed(t) => f.write_str(t),
+        }
+    }
+}
+
+impl From<String> for StepFailure {
+    fn from(text: String) -> Self {
+        StepFailure::Failed(text)
+    }
+}
+
+impl From<survivor::RecoveryError> for StepFailure {
+    fn from(e: survivor::RecoveryError) -> Self {
+        match e {
+            survivor::RecoveryError::Busy(_) | survivor::RecoveryError::NotPrepared(_) => {
+                StepFailure::Busy(e.to_string())
+            }
+            other => StepFailure::Failed(other.to_string()),
+        }
+    }
+}
+
 /// Talks to survivors, here or there, with one signature.
 struct Crew<'a> {
     node: &'a Node,
@@ -167,14 +199,18 @@ impl Crew<'_> {
         path: &str,
         body: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, StepFailure> {
         let now = self.node.clock().now_unix();
         self.client
             .call(agent, path, body, now, timeout)
             .await
             .map_err(|e| match e {
-                CallError::Transport(t) => format!("no answer from {agent} ({t})"),
-                CallError::Refused { .. } => e.to_string(),
+                CallError::Transport(t) => {
+                    StepFailure::Failed(format!("no answer from {agent} ({t})"))
+                }
+                // 409: another run holds that survivor (or this one lost its lease there).
+                CallError::Refused { status: 409, .. } => StepFailure::Busy(e.to_string()),
+                CallError::Refused { .. } => StepFailure::Failed(e.to_string()),
             })
     }
 
@@ -184,34 +220,37 @@ impl Crew<'_> {
         path: &str,
         body: &impl Serialize,
         timeout: Duration,
-    ) -> Result<T, String> {
+    ) -> Result<T, StepFailure> {
         let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
         let answer = self.call(agent, path, body, timeout).await?;
-        serde_json::from_slice(&answer)
-            .map_err(|e| format!("{agent} answered {path} with something unreadable: {e}"))
+        serde_json::from_slice(&answer).map_err(|e| {
+            StepFailure::Failed(format!(
+                "{agent} answered {path} with something unreadable: {e}"
+            ))
+        })
     }
 
-    async fn survey(&self, whom: &Whom) -> Result<SurvivorReport, String> {
+    async fn survey(&self, whom: &Whom) -> Result<SurvivorReport, StepFailure> {
         match whom {
-            Whom::Here => survivor::survey(self.node).await.map_err(|e| e.to_string()),
+            Whom::Here => survivor::survey(self.node).await.map_err(StepFailure::from),
             Whom::There(a) => self.json(*a, wire::SURVEY, &self.run, SURVEY_TIMEOUT).await,
         }
     }
 
-    async fn prepare(&self, whom: &Whom) -> Result<Prepared, String> {
+    async fn prepare(&self, whom: &Whom) -> Result<Prepared, StepFailure> {
         match whom {
             Whom::Here => survivor::prepare(self.node, &self.run)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(StepFailure::from),
             Whom::There(a) => self.json(*a, wire::PREPARE, &self.run, STEP_TIMEOUT).await,
         }
     }
 
-    async fn export(&self, whom: &Whom) -> Result<Vec<u8>, String> {
+    async fn export(&self, whom: &Whom) -> Result<Vec<u8>, StepFailure> {
         match whom {
             Whom::Here => survivor::export(self.node, &self.run)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(StepFailure::from),
             Whom::There(a) => {
                 let body = serde_json::to_vec(&self.run).map_err(|e| e.to_string())?;
                 self.call(*a, wire::EXPORT, body, STEP_TIMEOUT).await
@@ -219,12 +258,16 @@ impl Crew<'_> {
         }
     }
 
-    async fn reconfigure(&self, whom: &Whom, members: &[RecoveredMember]) -> Result<(), String> {
+    async fn reconfigure(
+        &self,
+        whom: &Whom,
+        members: &[RecoveredMember],
+    ) -> Result<(), StepFailure> {
         match whom {
             Whom::Here => survivor::reconfigure(self.node, &self.run, members)
                 .await
                 .map(drop)
-                .map_err(|e| e.to_string()),
+                .map_err(StepFailure::from),
             Whom::There(a) => {
                 let req = ReconfigureRequest {
                     run: self.run.run.clone(),
@@ -238,12 +281,12 @@ impl Crew<'_> {
         }
     }
 
-    async fn install(&self, whom: &Whom, data: &[u8]) -> Result<(), String> {
+    async fn install(&self, whom: &Whom, data: &[u8]) -> Result<(), StepFailure> {
         match whom {
             Whom::Here => survivor::install(self.node, &self.run, data)
                 .await
                 .map(drop)
-                .map_err(|e| e.to_string()),
+                .map_err(StepFailure::from),
             Whom::There(a) => {
                 let path = format!(
                     "{}?run={}&coordinator={}",
@@ -258,12 +301,12 @@ impl Crew<'_> {
         }
     }
 
-    async fn start(&self, whom: &Whom) -> Result<(), String> {
+    async fn start(&self, whom: &Whom) -> Result<(), StepFailure> {
         match whom {
             Whom::Here => survivor::start(self.node, &self.run)
                 .await
                 .map(drop)
-                .map_err(|e| e.to_string()),
+                .map_err(StepFailure::from),
             Whom::There(a) => self
                 .json::<wire::StepDone>(*a, wire::START, &self.run, STEP_TIMEOUT)
                 .await
@@ -271,12 +314,12 @@ impl Crew<'_> {
         }
     }
 
-    async fn finish(&self, whom: &Whom) -> Result<(), String> {
+    async fn finish(&self, whom: &Whom) -> Result<(), StepFailure> {
         match whom {
             Whom::Here => survivor::finish(self.node, &self.run)
                 .await
                 .map(drop)
-                .map_err(|e| e.to_string()),
+                .map_err(StepFailure::from),
             Whom::There(a) => self
                 .json::<wire::StepDone>(*a, wire::FINISH, &self.run, SURVEY_TIMEOUT)
                 .await
@@ -397,10 +440,10 @@ pub async fn recover(node: &Node, req: RecoverRequest) -> Result<RecoverResponse
             surveys.push(async move {
                 let answer = match &whom {
                     Some(w) => crew_ref.survey(w).await,
-                    None => Err(format!(
+                    None => Err(StepFailure::Failed(format!(
                         "{} is not an IP address this node can reach",
                         member.address
-                    )),
+                    ))),
                 };
                 (member, whom, answer)
             });
@@ -463,14 +506,10 @@ pub async fn recover(node: &Node, req: RecoverRequest) -> Result<RecoverResponse
                 if survey.member_running {
                     running.push(member.id);
                 }
-                if let Some(busy) = survey
-                    .busy_with
-                    .as_ref()
-                    .filter(|b| !b.contains(&crew.run.run))
-                {
+                if let Some(other) = survey.held_by.as_ref().filter(|h| h.run != crew.run.run) {
                     return Err(RecoverError::Busy(format!(
-                        "Another recovery holds {}: {busy}. Nothing was changed; wait for it to end, or run `cluster-agent recover` again where it started.",
-                        member.address
+                        "Another recovery holds {}: run {} from {}. Nothing was changed; wait for it to end, or run `cluster-agent recover` again where it started.",
+                        member.address, other.run, other.coordinator
                     )));
                 }
                 if let Some(r) = &survey.recovery {
@@ -505,7 +544,7 @@ pub async fn recover(node: &Node, req: RecoverRequest) -> Result<RecoverResponse
             }
             (_, Err(e)) => {
                 if member.id == own_id {
-                    return Err(RecoverError::NotControlPlane(e));
+                    return Err(RecoverError::NotControlPlane(e.to_string()));
                 }
                 if req.survivors.iter().any(|w| names(w, &member)) {
                     return Err(RecoverError::BadSurvivor(format!(
@@ -666,16 +705,12 @@ async fn execute(
                     let _ = crew.finish(&p.whom).await;
                 }
                 let reason = format!("{} could not be prepared: {e}", s.member.address);
-                return Err(
-                    if e.contains("another recovery")
-                        || e.contains("Another recovery")
-                        || e.contains("HTTP 409")
-                    {
+                return Err(match e {
+                    StepFailure::Busy(_) => {
                         RecoverError::Busy(format!("{reason}. Nothing was changed."))
-                    } else {
-                        RecoverError::NothingChanged(reason)
-                    },
-                );
+                    }
+                    StepFailure::Failed(_) => RecoverError::NothingChanged(reason),
+                });
             }
         }
     }
@@ -729,8 +764,8 @@ async fn execute(
     let copy = async {
         crew.reconfigure(&winner_survivor.whom, &members).await?;
         let exported = crew.export(&winner_survivor.whom).await?;
-        let mut files_of_winner =
-            bundle::decode(&exported).map_err(|e| format!("the winner's data: {e}"))?;
+        let mut files_of_winner = bundle::decode(&exported)
+            .map_err(|e| StepFailure::Failed(format!("the winner's data: {e}")))?;
         let nodes: Vec<NodeInfo> = members
             .iter()
             .map(|m| NodeInfo {
@@ -739,11 +774,11 @@ async fn execute(
                 role: Role::from_code(m.role).unwrap_or(Role::StandBy),
             })
             .collect();
-        files_of_winner.push(BundleFile {
-            name: files::CLUSTER_YAML.into(),
-            data: files::render_cluster(&nodes).into_bytes(),
-        });
-        bundle::encode(&files_of_winner).map_err(|e| e.to_string())
+        files_of_winner.push(BundleFile::new(
+            files::CLUSTER_YAML,
+            files::render_cluster(&nodes),
+        ));
+        bundle::encode(&files_of_winner).map_err(|e| StepFailure::Failed(e.to_string()))
     };
     let copied_data = copy.await;
     node.checkpoint("recover-copying").await.ok();
