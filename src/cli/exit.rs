@@ -106,7 +106,7 @@ pub const HELP: &str = "Exit codes: 0 success, 1 failure, 2 usage error (more sp
 State directory: --state-dir, else $SNAP_DATA, else /var/snap/microk8s/current if it exists, \
 else /var/lib/cluster-agent.";
 pub const DAEMON_HELP: &str = "Exit codes: 0 stopped by SIGTERM/SIGINT, 1 a configuration, file or port problem (the message names it), 2 usage.";
-pub const STATUS_HELP: &str = "Exit codes (the same whatever the format): 0 healthy, 1 no daemon answers, 2 usage, 3 degraded (a member does not answer, or this node is not a member; writes go on), 4 datastore unavailable (no membership answer, or quorum lost).";
+pub const STATUS_HELP: &str = "Exit codes (the same whatever the format): 0 healthy, 1 no daemon answers, 2 usage, 3 degraded (a member does not answer or its log falls behind the leader's, or this node is not a member; writes go on), 4 datastore unavailable (no membership answer, or quorum lost).";
 pub const APISERVER_PROXY_HELP: &str = "Exit codes: 0 stopped by SIGTERM/SIGINT after the drain, 1 a file is unreadable or malformed or the port cannot be bound, 2 usage.";
 pub const INIT_HELP: &str = "Exit codes: 0 applied, 1 refused (nothing was changed) or failed (the message names the step), 2 usage.";
 pub const TOKEN_HELP: &str = "Exit codes: 0 done, 1 failure (revoke: an id that names no usable token; nothing was revoked), 2 usage.";

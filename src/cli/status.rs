@@ -75,6 +75,9 @@ pub fn render(report: &StatusReport, format: Format) -> String {
                         None => out.push_str("      failure-domain: null\n"),
                     }
                     out.push_str(&format!("      reachable: {}\n", py(m.reachable)));
+                    if let Some(index) = m.log_index {
+                        out.push_str(&format!("      log-index: {index}\n"));
+                    }
                 }
             }
             if let Some(e) = &report.error {
@@ -165,8 +168,8 @@ pub fn render(report: &StatusReport, format: Format) -> String {
                 .unwrap_or(7)
                 .max(7);
             out.push_str(&format!(
-                "  {:<width$}  {:<20}  {:<7}  {:<6}  {}\n",
-                "ADDRESS", "ID", "ROLE", "DOMAIN", "REACHABLE"
+                "  {:<width$}  {:<20}  {:<7}  {:<6}  {:<10}  {}\n",
+                "ADDRESS", "ID", "ROLE", "DOMAIN", "LOG", "REACHABLE"
             ));
             for m in &report.members {
                 let role = if m.leader {
@@ -175,12 +178,15 @@ pub fn render(report: &StatusReport, format: Format) -> String {
                     m.role.clone()
                 };
                 out.push_str(&format!(
-                    "  {:<width$}  {:<20}  {:<7}  {:<6}  {}\n",
+                    "  {:<width$}  {:<20}  {:<7}  {:<6}  {:<10}  {}\n",
                     m.address,
                     m.id,
                     role,
                     m.failure_domain
                         .map(|d| d.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    m.log_index
+                        .map(|i| i.to_string())
                         .unwrap_or_else(|| "-".into()),
                     if m.reachable { "yes" } else { "NO" }
                 ));
@@ -234,6 +240,7 @@ mod tests {
 
     fn member(addr: &str, role: &str, reachable: bool) -> MemberStatus {
         MemberStatus {
+            log_index: None,
             id: 1,
             address: addr.into(),
             role: role.into(),
@@ -282,6 +289,39 @@ mod tests {
             member("b:1", "voter", true),
         ]);
         assert!(render(&two, Format::Pretty).starts_with("high-availability: no\n"));
+    }
+
+    #[test]
+    fn a_member_far_behind_the_leaders_log_is_degraded() {
+        let at = |addr: &str, role: &str, index: u64, leader: bool| MemberStatus {
+            log_index: Some(index),
+            leader,
+            ..member(addr, role, true)
+        };
+        let r = report(vec![
+            at("10.0.0.1:19001", "voter", 10_000, true),
+            at("10.0.0.2:19001", "voter", 9_990, false),
+            at("10.0.0.3:19001", "voter", 9_999, false),
+            at("10.0.0.4:19001", "standby", 100, false),
+            at("10.0.0.5:19001", "spare", 1, false),
+        ]);
+        let (condition, reasons) = crate::local::status::assess(&r);
+        assert_eq!(condition, Condition::Degraded);
+        assert_eq!(
+            reasons,
+            ["10.0.0.4:19001 (standby) is 9900 log entries behind the leader"]
+        );
+        let out = render(&r, Format::Pretty);
+        assert!(
+            out.lines()
+                .any(|l| l.contains("10.0.0.4:19001") && l.contains(" 100 ")),
+            "{out}"
+        );
+        let y: serde_yaml::Value = serde_yaml::from_str(&render(&r, Format::Yaml)).unwrap();
+        assert_eq!(
+            y["high-availability"]["nodes"][3]["log-index"].as_u64(),
+            Some(100)
+        );
     }
 
     #[test]

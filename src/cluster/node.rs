@@ -15,7 +15,7 @@ use crate::cluster::bootstrap::{self, BootstrapError};
 use crate::cluster::datastore::Datastore;
 use crate::cluster::health::LocalHealth;
 use crate::cluster::operation::{Operations, Stopping};
-use crate::cluster::recovery::Leases;
+use crate::cluster::recovery::{Leases, ProgressCache};
 use crate::cluster::roles::driver::RolesConfig;
 use crate::cluster::serving::{Serving, ServingError};
 use crate::cluster::tokens::TokenStore;
@@ -71,6 +71,7 @@ pub struct Node {
     health: Arc<LocalHealth>,
     operations: Operations,
     recovery: Leases,
+    progress_cache: ProgressCache,
 }
 
 impl Node {
@@ -81,6 +82,7 @@ impl Node {
             health: Arc::new(LocalHealth::default()),
             operations: Operations::default(),
             recovery: Leases::default(),
+            progress_cache: ProgressCache::default(),
             parts: Arc::new(parts),
         }
     }
@@ -93,6 +95,11 @@ impl Node {
     /// The lost-quorum recovery run holding this node, if any (`cluster::recovery`).
     pub fn recovery(&self) -> &Leases {
         &self.recovery
+    }
+
+    /// Where this node's log ended when last read (`cluster::recovery::progress`).
+    pub fn progress_cache(&self) -> &ProgressCache {
+        &self.progress_cache
     }
 
     pub fn state(&self) -> &StateDir {

@@ -506,18 +506,48 @@ pub fn signed_client(
     ))
 }
 
-/// This node's member and where its log ends now (read from its data directory): what the
-/// roles driver compares with the leader's before it promotes a member.
+/// How long a log position read from disk is answered again: `status` asks every member on
+/// every call, and a read means reading the open segments (8 MiB each).
+const PROGRESS_FRESH: Duration = Duration::from_secs(1);
+
+/// The last answer of [`progress`] and when it was read (part of [`Node`]).
+#[derive(Clone, Default)]
+pub struct ProgressCache {
+    last: Arc<Mutex<Option<(Instant, MemberProgress)>>>,
+}
+
+impl std::fmt::Debug for ProgressCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProgressCache").finish_non_exhaustive()
+    }
+}
+
+/// This node's member and where its log ends (read from its data directory at most
+/// [`PROGRESS_FRESH`] ago): what the roles driver compares with the leader's before it
+/// promotes a member, and what `status` shows.
 pub async fn progress(node: &Node) -> Result<MemberProgress, RecoveryError> {
+    let cache = node.progress_cache().last.clone();
+    if let Ok(last) = cache.lock() {
+        if let Some((_, p)) = last
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < PROGRESS_FRESH)
+        {
+            return Ok(p.clone());
+        }
+    }
     let (id, address) = identity(node)?;
     let backend = node.state().layout().backend_dir();
     let summary =
         blocking(move || recovery::last_entry(&backend).map_err(RecoveryError::from)).await?;
-    Ok(MemberProgress {
+    let answer = MemberProgress {
         id,
         address,
         last_entry: position(&summary),
-    })
+    };
+    if let Ok(mut last) = cache.lock() {
+        *last = Some((Instant::now(), answer.clone()));
+    }
+    Ok(answer)
 }
 
 /// Where members' logs end, as their agents read them (this node's own log is read here):

@@ -27,6 +27,10 @@ pub struct MemberStatus {
     pub failure_domain: Option<u64>,
     pub reachable: bool,
     pub leader: bool,
+    /// The index of the last entry of its log, as its agent reads it (absent: not told, e.g.
+    /// no agent of ours, or no leader answered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_index: Option<u64>,
 }
 
 /// How the datastore is, as `status` exits with it (`cli::exit`).
@@ -116,6 +120,31 @@ pub fn assess(report: &StatusReport) -> (Condition, Vec<String>) {
         .filter(|m| !m.reachable)
         .map(|m| format!("{} ({}) does not answer", m.address, m.role))
         .collect();
+    // Answering is not enough: a voter or stand-by whose log is far behind the leader's is
+    // not keeping up (spares get no log).
+    let leader_index = report
+        .members
+        .iter()
+        .find(|m| m.leader)
+        .and_then(|m| m.log_index);
+    if let Some(leader_index) = leader_index {
+        reasons.extend(
+            report
+                .members
+                .iter()
+                .filter(|m| m.reachable && m.role != "spare")
+                .filter_map(|m| {
+                    let index = m.log_index?;
+                    let behind = leader_index.saturating_sub(index);
+                    (behind > crate::cluster::roles::driver::CATCH_UP_LAG).then(|| {
+                        format!(
+                            "{} ({}) is {behind} log entries behind the leader",
+                            m.address, m.role
+                        )
+                    })
+                }),
+        );
+    }
     if report.not_a_member {
         reasons.push("this node is not a member of its cluster".into());
     }
@@ -193,6 +222,26 @@ async fn gather(node: &Node) -> StatusReport {
         }
         None => None,
     };
+    // Where each member's log ends, asked while the members are probed (a leader answered:
+    // the members are known; each agent answers within 1 s).
+    let logs = (!report.last_known && !report.worker).then(|| {
+        let progress =
+            std::sync::Arc::new(crate::cluster::recovery::AgentProgress::new(node.clone()));
+        let addresses: Vec<String> = members.iter().map(|m| m.address.clone()).collect();
+        tokio::spawn(async move {
+            use crate::cluster::roles::driver::Progress;
+            let mut asks = tokio::task::JoinSet::new();
+            for (i, address) in addresses.into_iter().enumerate() {
+                let progress = progress.clone();
+                asks.spawn(async move { (i, progress.last_index(&address).await) });
+            }
+            let mut out = Vec::new();
+            while let Some(Ok((i, index))) = asks.join_next().await {
+                out.push((i, index));
+            }
+            out
+        })
+    });
     let (meta, leader) = match probed {
         Some(done) => done,
         None => {
@@ -207,16 +256,26 @@ async fn gather(node: &Node) -> StatusReport {
             probe(node, &addresses).await.unwrap_or_default()
         }
     };
+    let mut log_index = vec![None; members.len()];
+    if let Some(task) = logs {
+        for (i, index) in task.await.unwrap_or_default() {
+            if let Some(slot) = log_index.get_mut(i) {
+                *slot = index;
+            }
+        }
+    }
     report.members = members
         .into_iter()
         .zip(meta.into_iter().chain(std::iter::repeat(None)))
-        .map(|(m, meta)| MemberStatus {
+        .zip(log_index)
+        .map(|((m, meta), log_index)| MemberStatus {
             leader: leader.as_deref() == Some(m.address.as_str()),
             id: m.id,
             role: role_word(m.role).to_string(),
             failure_domain: meta.map(|d| d.failure_domain),
             reachable: meta.is_some(),
             address: m.address,
+            log_index: log_index.filter(|_| meta.is_some()),
         })
         .collect();
     report
