@@ -77,19 +77,9 @@ fn three_lose_two_then_the_survivor_alone_serves_every_row_and_new_nodes_restore
     // Refused without confirmation (no terminal), and a dry run changes nothing.
     let before = snapshot(&survivor.state);
     let out = recover(survivor, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("Data that wins"),
-        "{}",
-        text(&out.stdout)
-    );
+    exited_saying(&out, 1, "Data that wins");
     let out = recover(survivor, &["--dry-run"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("Members dropped"),
-        "{}",
-        text(&out.stdout)
-    );
+    exited_saying(&out, 0, "Members dropped");
     assert_eq!(
         snapshot(&survivor.state),
         before,
@@ -137,12 +127,7 @@ fn three_lose_two_then_the_survivor_alone_serves_every_row_and_new_nodes_restore
 
     // Recovering again is refused: the quorum holds.
     let out = recover(survivor, &["--yes"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
-    assert!(
-        text(&out.stderr).contains("has its quorum"),
-        "{}",
-        text(&out.stderr)
-    );
+    exited_saying(&out, 1, "has its quorum");
 
     // Two fresh nodes join: three voters again, every row still there.
     let d = Node::start();
@@ -241,19 +226,9 @@ fn five_lose_three_then_both_survivors_serve_every_row() {
     // Bad input: a survivor that is not a member, one that does not answer.
     let before = (snapshot(&a.state), snapshot(&b.state));
     let out = recover(a, &["--yes", "--survivor", "127.250.250.250"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("is not a member"),
-        "{}",
-        text(&out.stderr)
-    );
+    exited_saying(&out, 1, "is not a member");
     let out = recover(a, &["--yes", "--survivor", &lost[0]]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("does not answer"),
-        "{}",
-        text(&out.stderr)
-    );
+    exited_saying(&out, 1, "does not answer");
     assert!(
         before == (snapshot(&a.state), snapshot(&b.state)),
         "a refused recover changes nothing"
@@ -263,22 +238,9 @@ fn five_lose_three_then_both_survivors_serve_every_row() {
     let running = cli_background(a, &["recover", "--yes"]);
     wait_held(a, "recover-prepared");
     let out = recover(b, &["--yes"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("Another recovery holds"),
-        "{}",
-        text(&out.stderr)
-    );
+    exited_saying(&out, 1, "Another recovery holds");
     release(a, "recover-prepared");
-    let out = wait_output(running);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr),
-        a.log_text()
-    );
+    succeeded(wait_output(running), a);
 
     let ab = [a, b];
     assert_both_serve_every_row(a, b);
@@ -338,15 +300,7 @@ fn a_survivor_killed_during_recover_then_recover_again_ends_with_every_row() {
     let child = cli_background(&nodes[0], &["recover", "--yes"]);
     wait_held(&nodes[0], "recover-prepared");
     release(&nodes[0], "recover-prepared");
-    let out = wait_output(child);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr),
-        nodes[0].log_text()
-    );
+    succeeded(wait_output(child), &nodes[0]);
     let (a, b) = (&nodes[0], &nodes[1]);
     assert_both_serve_every_row(a, b);
     // No run is left recorded on either survivor.

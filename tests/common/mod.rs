@@ -634,9 +634,9 @@ pub fn fake_kubernetes(
     deleted
 }
 
-/// `recover --yes` on `node`; fails the test unless it succeeded. Returns its output.
-pub fn recover_ok(node: &Node) -> Output {
-    let out = cli(node, &["recover", "--yes"]);
+/// Fails the test unless `out` (a command run against `node`) succeeded, showing its output
+/// and the daemon's log. Returns it.
+pub fn succeeded(out: Output, node: &Node) -> Output {
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -646,4 +646,19 @@ pub fn recover_ok(node: &Node) -> Output {
         node.log_text()
     );
     out
+}
+
+/// `recover --yes` on `node`; fails the test unless it succeeded. Returns its output.
+pub fn recover_ok(node: &Node) -> Output {
+    succeeded(cli(node, &["recover", "--yes"]), node)
+}
+
+/// Fails the test unless `out` exited with `code` and said `what` (on either stream).
+pub fn exited_saying(out: &Output, code: i32, what: &str) {
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(code), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(what) || stderr.contains(what),
+        "wanted {what:?}:\n{stdout}\n{stderr}"
+    );
 }
