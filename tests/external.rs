@@ -873,3 +873,48 @@ fn a_snap_survivor_killed_mid_recover_finishes_when_run_again() {
     let m = wait_members(&a, 1);
     assert_eq!(m[0].1, "voter", "{m:?}");
 }
+
+/// Inside the snap, five control planes: `recover` is refused while the quorum holds; then
+/// three are lost (daemons and k8s-dqlite) with at most one voter among the survivors, and
+/// `recover` on one survivor leaves both in one cluster serving every row through either.
+#[test]
+fn a_snap_cluster_that_lost_three_of_five_keeps_both_survivors_with_their_rows() {
+    let mut nodes: Vec<SnapNode> = (0..5).map(|_| SnapNode::start()).collect();
+    for joiner in &nodes[1..] {
+        join_cli(&nodes[0], joiner, &[]);
+    }
+    eventually("three live voters", Duration::from_secs(90), || {
+        (live_voters(&nodes[0].status_json()?) == 3).then_some(())
+    });
+    let servers: Vec<String> = nodes.iter().map(|n| n.member_address()).collect();
+    common::dqlite_shell::write_rows(&nodes[0].backend(), &servers.join(","), 100);
+    exited_saying(&cli(&nodes[0], &["recover", "--yes"]), 1, "has its quorum");
+
+    // Survivors: node 0 and a node that, with it, holds at most one vote.
+    let report = nodes[0].status_json().unwrap();
+    let voter = |a: &str| {
+        members(&report)
+            .iter()
+            .any(|(m, r, _)| m == a && r == "voter")
+    };
+    let first_votes = voter(&servers[0]);
+    let partner = (1..5)
+        .find(|&i| !(first_votes && voter(&servers[i])))
+        .unwrap();
+    nodes.swap(1, partner);
+    for n in nodes[2..].iter_mut() {
+        n.kill();
+        n.kill_member();
+    }
+    recover_ok(&nodes[0]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let m = wait_members(a, 2);
+    assert_eq!(m.len(), 2, "{m:?}");
+    for (first, other) in [(a, b), (b, a)] {
+        let through = format!("{},{}", first.member_address(), other.member_address());
+        let rows = eventually("the rows", Duration::from_secs(20), || {
+            common::dqlite_shell::count_rows(&first.backend(), &through)
+        });
+        assert_eq!(rows, 100, "asked through {} first", first.member_address());
+    }
+}
