@@ -18,7 +18,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use cluster_agent::dqlite::{Client, ClientTls, Options, Role};
-use common::{cli, dqlite_addr, join_url, text, Node, TestCluster};
+use common::{cli, dqlite_addr, join_url, median, text, Node, TestCluster};
 
 const RUNS: usize = 3;
 
@@ -59,11 +59,6 @@ fn live_voters(rt: &tokio::runtime::Runtime, c: &Client, dead: &[String]) -> usi
                 .count()
         })
         .unwrap_or(0)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -23,14 +23,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::k8s_dqlite::SnapNode;
-use common::{cli, join_url, leader, live_voters, members, text, Node};
+use common::{cli, join_url, leader, live_voters, median, members, text, Node};
 
 const RUNS: usize = 3;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 /// Polls `f` every 50 ms until it holds; how long that took.
 fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> Duration {

@@ -24,14 +24,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::netns::Lan;
-use common::{dqlite_addr, five_control_planes_on, leader, live_voters, members, Node};
+use common::{dqlite_addr, five_control_planes_on, leader, live_voters, median, members, Node};
 
 const RUNS: usize = 3;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 fn leader_index(nodes: &[Node]) -> usize {
     let s = nodes[0].status_json().unwrap();

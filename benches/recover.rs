@@ -17,29 +17,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::dqlite_shell::shell;
-use common::{cli, dqlite_addr, eventually, join, live_voters, members, text, Node};
+use common::dqlite_shell::{count_rows, write_rows};
+use common::{
+    cli, dqlite_addr, eventually, join, live_voters, median, one_vote_survivors, text, Node,
+};
 
 const RUNS: usize = 3;
 const ROWS: usize = 300;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn backend(n: &Node) -> std::path::PathBuf {
-    n.state.join("var/kubernetes/backend")
-}
-
-fn count(n: &Node, servers: &str) -> Option<usize> {
-    shell(&backend(n), servers, "SELECT count(*) FROM t", 5)?
-        .chars()
-        .filter(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .ok()
-}
 
 /// One run: `size` control planes, rows written, every node but `survivors` killed (keeping
 /// at most one voter among them); returns (status time, recover time, until served).
@@ -54,34 +38,12 @@ fn run(size: usize, survivors: usize) -> (Duration, Duration, Duration) {
         (live_voters(&nodes[0].status_json()?) == size.min(3)).then_some(())
     });
     let all: Vec<String> = nodes.iter().map(dqlite_addr).collect();
-    shell(
-        &backend(&nodes[0]),
-        &all.join(","),
-        "CREATE TABLE t (n INT)",
-        10,
-    )
-    .unwrap();
-    for chunk in 0..ROWS / 10 {
-        let v: Vec<String> = (0..10).map(|i| format!("({})", chunk * 10 + i)).collect();
-        let sql = format!("INSERT INTO t VALUES {}", v.join(","));
-        shell(&backend(&nodes[0]), &all.join(","), &sql, 10).unwrap();
-    }
+    write_rows(&nodes[0].backend(), &all.join(","), ROWS);
     // Survivors: never the leader (its loss is the hard case), at most one voter among
     // them, so that the quorum is lost.
     let report = nodes[0].status_json().unwrap();
     let leader = common::leader(&report).unwrap();
-    let voter = |a: &str| {
-        members(&report)
-            .iter()
-            .any(|(m, r, _)| m == a && r == "voter")
-    };
-    let mut keep: Vec<usize> = Vec::new();
-    for (i, a) in all.iter().enumerate() {
-        let votes_kept = keep.iter().filter(|&&k| voter(&all[k])).count();
-        if keep.len() < survivors && *a != leader && !(voter(a) && votes_kept > 0) {
-            keep.push(i);
-        }
-    }
+    let keep = one_vote_survivors(&report, &all, survivors, Some(&leader));
     for (i, n) in nodes.iter_mut().enumerate() {
         if !keep.contains(&i) {
             n.kill();
@@ -125,7 +87,7 @@ fn run(size: usize, survivors: usize) -> (Duration, Duration, Duration) {
                     .filter(|n| n.ip != first.ip)
                     .map(|n| dqlite_addr(n)),
             );
-            count(first, &servers.join(",")) == Some(ROWS)
+            count_rows(&first.backend(), &servers.join(",")) == Some(ROWS)
         });
         if all_serve {
             break;

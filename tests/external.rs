@@ -892,16 +892,9 @@ fn a_snap_cluster_that_lost_three_of_five_keeps_both_survivors_with_their_rows()
 
     // Survivors: node 0 and a node that, with it, holds at most one vote.
     let report = nodes[0].status_json().unwrap();
-    let voter = |a: &str| {
-        members(&report)
-            .iter()
-            .any(|(m, r, _)| m == a && r == "voter")
-    };
-    let first_votes = voter(&servers[0]);
-    let partner = (1..5)
-        .find(|&i| !(first_votes && voter(&servers[i])))
-        .unwrap();
-    nodes.swap(1, partner);
+    let keep = one_vote_survivors(&report, &servers, 2, None);
+    assert_eq!(keep[0], 0);
+    nodes.swap(1, keep[1]);
     for n in nodes[2..].iter_mut() {
         n.kill();
         n.kill_member();

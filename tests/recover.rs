@@ -16,10 +16,6 @@ use common::*;
 
 const ROWS: usize = 300;
 
-fn backend(node: &Node) -> std::path::PathBuf {
-    node.state.join("var/kubernetes/backend")
-}
-
 fn recover(node: &Node, args: &[&str]) -> std::process::Output {
     let mut all = vec!["recover"];
     all.extend_from_slice(args);
@@ -49,8 +45,8 @@ fn three_lose_two_then_the_survivor_alone_serves_every_row_and_new_nodes_restore
         (live_voters(&a.status_json()?) == 3).then_some(())
     });
     let all = [&a, &b, &c].map(dqlite_addr).join(",");
-    write_rows(&backend(&a), &all, ROWS);
-    assert_eq!(count_rows(&backend(&a), &all), Some(ROWS));
+    write_rows(&a.backend(), &all, ROWS);
+    assert_eq!(count_rows(&a.backend(), &all), Some(ROWS));
 
     let (a_ip, b_ip, c_ip) = (a.ip, b.ip, c.ip);
     // Kill the leader and one more; the survivor is whoever is left.
@@ -113,7 +109,7 @@ fn three_lose_two_then_the_survivor_alone_serves_every_row_and_new_nodes_restore
         text(&out.stdout)
     );
     let own = dqlite_addr(survivor);
-    assert_eq!(count_rows(&backend(survivor), &own), Some(ROWS));
+    assert_eq!(count_rows(&survivor.backend(), &own), Some(ROWS));
     let report = survivor.status_json().unwrap();
     assert_eq!(report["condition"], "healthy", "{report}");
     assert_eq!(members(&report).len(), 1, "{report}");
@@ -142,7 +138,7 @@ fn three_lose_two_then_the_survivor_alone_serves_every_row_and_new_nodes_restore
     let now = [survivor, &d, &e].map(dqlite_addr);
     for server in &now {
         assert_eq!(
-            count_rows(&backend(survivor), server),
+            count_rows(&survivor.backend(), server),
             Some(ROWS),
             "through {server}"
         );
@@ -167,13 +163,11 @@ fn cluster_with(n: usize, env: &[(&str, &str)]) -> Vec<Node> {
 /// Puts at index 1 a node that, with node 0, holds at most one vote: killing every other
 /// node then loses the quorum whoever the voters are.
 fn survivors_first(nodes: &mut [Node]) {
-    let voters = voters(&nodes[0]);
-    let is_voter = |n: &Node| voters.contains(&dqlite_addr(n));
-    let first_votes = is_voter(&nodes[0]);
-    let partner = (1..nodes.len())
-        .find(|&i| !(first_votes && is_voter(&nodes[i])))
-        .unwrap();
-    nodes.swap(1, partner);
+    let addresses: Vec<String> = nodes.iter().map(dqlite_addr).collect();
+    let report = nodes[0].status_json().unwrap();
+    let keep = one_vote_survivors(&report, &addresses, 2, None);
+    assert_eq!(keep[0], 0);
+    nodes.swap(1, keep[1]);
 }
 
 /// `a` and `b` are the two members of one healthy cluster, and it serves every row whichever
@@ -190,7 +184,7 @@ fn assert_both_serve_every_row(a: &Node, b: &Node) {
     for (first, other) in [(a, b), (b, a)] {
         let servers = all_servers(&[first, other]);
         let rows = eventually("the rows", Duration::from_secs(20), || {
-            count_rows(&backend(first), &servers)
+            count_rows(&first.backend(), &servers)
         });
         assert_eq!(rows, ROWS, "asked through {} first", dqlite_addr(first));
     }
@@ -213,7 +207,7 @@ fn five_lose_three_then_both_survivors_serve_every_row() {
     survivors_first(&mut nodes);
     let refs: Vec<&Node> = nodes.iter().collect();
     let everyone = all_servers(&refs);
-    write_rows(&backend(&nodes[0]), &everyone, ROWS);
+    write_rows(&nodes[0].backend(), &everyone, ROWS);
     let lost: Vec<String> = nodes[2..].iter().map(|n| n.ip.to_string()).collect();
     for n in nodes[2..].iter_mut() {
         n.kill();
@@ -258,7 +252,7 @@ fn five_lose_three_then_both_survivors_serve_every_row() {
             .count();
         assert_eq!(kept, 1, "{}", n.ip);
     }
-    let listed = common::dqlite_shell::shell_roles(&backend(a), &all_servers(&[a, b])).unwrap();
+    let listed = common::dqlite_shell::shell_roles(&a.backend(), &all_servers(&[a, b])).unwrap();
     assert_eq!(listed.len(), 2, "{listed:?}");
 }
 
@@ -270,7 +264,7 @@ fn a_survivor_killed_during_recover_then_recover_again_ends_with_every_row() {
     let mut nodes = cluster_with(5, &[("CLUSTER_AGENT_TEST_HOLD", "recover-prepared")]);
     survivors_first(&mut nodes);
     let refs: Vec<&Node> = nodes.iter().collect();
-    write_rows(&backend(&nodes[0]), &all_servers(&refs), ROWS);
+    write_rows(&nodes[0].backend(), &all_servers(&refs), ROWS);
     for n in nodes[2..].iter_mut() {
         n.kill();
     }
@@ -320,7 +314,7 @@ fn a_survivor_killed_during_recover_then_recover_again_ends_with_every_row() {
 fn the_coordinator_killed_mid_recover_finishes_the_job_when_run_again() {
     let mut nodes = cluster_with(3, &[("CLUSTER_AGENT_TEST_HOLD", "recover-copying")]);
     let refs: Vec<&Node> = nodes.iter().collect();
-    write_rows(&backend(&nodes[0]), &all_servers(&refs), ROWS);
+    write_rows(&nodes[0].backend(), &all_servers(&refs), ROWS);
     nodes[1].kill();
     nodes[2].kill();
     let a = &mut nodes[0];
@@ -340,7 +334,7 @@ fn the_coordinator_killed_mid_recover_finishes_the_job_when_run_again() {
         text(&out.stdout)
     );
     assert!(!record.exists());
-    assert_eq!(count_rows(&backend(a), &dqlite_addr(a)), Some(ROWS));
+    assert_eq!(count_rows(&a.backend(), &dqlite_addr(a)), Some(ROWS));
     let backups: Vec<_> = std::fs::read_dir(a.state.join("var/kubernetes"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -350,7 +344,7 @@ fn the_coordinator_killed_mid_recover_finishes_the_job_when_run_again() {
     // The backup is the member's data as it was: its identity and its raft log.
     assert_eq!(
         std::fs::read(backups[0].join("info.yaml")).unwrap(),
-        std::fs::read(backend(a).join("info.yaml")).unwrap()
+        std::fs::read(a.backend().join("info.yaml")).unwrap()
     );
     assert!(backups[0].join("metadata1").exists() || backups[0].join("metadata2").exists());
 }
@@ -367,7 +361,7 @@ fn progress_is_signed_and_follows_the_log() {
     let client = https_client(&a.state);
     let url = |n: &Node| format!("https://{}/cluster/api/v2.0/recover/progress", n.bind());
     let path = "/cluster/api/v2.0/recover/progress";
-    let key = std::fs::read(backend(a).join("cluster.key")).unwrap();
+    let key = std::fs::read(a.backend().join("cluster.key")).unwrap();
     let index_of = |n: &Node| -> Option<u64> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -407,7 +401,7 @@ fn progress_is_signed_and_follows_the_log() {
             .map(|n| index_of(n))
             .collect::<Option<Vec<u64>>>()
     });
-    write_rows(&backend(a), &servers, ROWS);
+    write_rows(&a.backend(), &servers, ROWS);
     eventually(
         "every member at the same index",
         Duration::from_secs(20),

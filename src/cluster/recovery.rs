@@ -566,6 +566,7 @@ impl AgentProgress {
             return progress(&self.node).await.ok()?.last_entry.map(|e| e.index);
         }
         let agent = agent_address(&self.node, address)?;
+        // Built for each question: a join or leave replaces the key and CA it is made from.
         let client = signed_client(&self.node).ok()?;
         let body = b"{}".to_vec();
         let now = self.node.clock().now_unix();

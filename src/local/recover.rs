@@ -352,14 +352,6 @@ fn names(wanted: &str, member: &NodeInfo) -> bool {
         || crate::util::addr::host_of(&member.address) == wanted
 }
 
-fn agent_of(node: &Node, member: &NodeInfo) -> Option<SocketAddr> {
-    survivor::agent_address(node, &member.address)
-}
-
-fn recovery_client(node: &Node) -> Result<RecoveryClient, RecoverError> {
-    survivor::signed_client(node).map_err(|e| RecoverError::Internal(e.to_string()))
-}
-
 pub async fn recover(node: &Node, req: RecoverRequest) -> Result<RecoverResponse, RecoverError> {
     if node.state().has_marker("clustered.lock") {
         return Err(RecoverError::NotControlPlane(
@@ -413,7 +405,7 @@ pub async fn recover(node: &Node, req: RecoverRequest) -> Result<RecoverResponse
         crate::util::addr::host_port(&node.settings().bind.ip(), node.settings().bind.port());
     let crew = Crew {
         node,
-        client: recovery_client(node)?,
+        client: survivor::signed_client(node).map_err(|e| RecoverError::Internal(e.to_string()))?,
         run: RunRequest {
             run: own_record
                 .as_ref()
@@ -435,7 +427,7 @@ pub async fn recover(node: &Node, req: RecoverRequest) -> Result<RecoverResponse
             let whom = if member.id == own_id {
                 Some(Whom::Here)
             } else {
-                agent_of(node, &member).map(Whom::There)
+                survivor::agent_address(node, &member.address).map(Whom::There)
             };
             surveys.push(async move {
                 let answer = match &whom {
@@ -873,10 +865,9 @@ async fn execute(
     if !failures.is_empty() {
         return Err(RecoverError::Incomplete(failures.join("\n")));
     }
-    let voters = 1;
     if members.len() < 3 {
         messages.push(format!(
-            "The cluster runs with {} member(s); {voters} votes now and the roles manager promotes the others as it can. Add nodes (`cluster-agent add-node`, then `join` on each new node) to regain high availability: it needs at least 3 voters.",
+            "The cluster runs with {} member(s); one votes now and the roles manager promotes the others as it can. Add nodes (`cluster-agent add-node`, then `join` on each new node) to regain high availability: it needs at least 3 voters.",
             members.len()
         ));
     } else {

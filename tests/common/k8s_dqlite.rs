@@ -229,10 +229,6 @@ impl SnapNode {
         self.node.restart();
     }
 
-    pub fn backend(&self) -> PathBuf {
-        self.state.join("var/kubernetes/backend")
-    }
-
     /// Where k8s-dqlite serves this node's member (the address its `init.yaml` named).
     pub fn member_address(&self) -> String {
         format!("{}:19001", self.ip)

@@ -135,6 +135,11 @@ impl Node {
         format!("{}:{}", self.ip, self.port)
     }
 
+    /// The dqlite backend directory (`var/kubernetes/backend`).
+    pub fn backend(&self) -> PathBuf {
+        self.state.join("var/kubernetes/backend")
+    }
+
     /// Starts the daemon with the node's flags and `extra`.
     pub fn spawn(&mut self, extra: &[&str]) {
         self.log = self.state.join("daemon.log");
@@ -661,4 +666,31 @@ pub fn exited_saying(out: &Output, code: i32, what: &str) {
         stdout.contains(what) || stderr.contains(what),
         "wanted {what:?}:\n{stdout}\n{stderr}"
     );
+}
+
+/// The median of `v` (its upper middle for an even count).
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Indices of `count` members (by dqlite address, in the order of `addresses`) that hold at
+/// most one vote between them in `report` (a status), none at `avoid`: with every other
+/// member killed the quorum is lost, whoever the voters are. Greedy from the first.
+pub fn one_vote_survivors(
+    report: &serde_json::Value,
+    addresses: &[String],
+    count: usize,
+    avoid: Option<&str>,
+) -> Vec<usize> {
+    let roles = members(report);
+    let voter = |a: &str| roles.iter().any(|(m, r, _)| m == a && r == "voter");
+    let mut keep: Vec<usize> = Vec::new();
+    for (i, a) in addresses.iter().enumerate() {
+        let votes = keep.iter().filter(|&&k| voter(&addresses[k])).count();
+        if keep.len() < count && Some(a.as_str()) != avoid && !(voter(a) && votes > 0) {
+            keep.push(i);
+        }
+    }
+    keep
 }
